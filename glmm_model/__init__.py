@@ -1,0 +1,18 @@
+"""glmm-ab's statistical engine: a Bayesian Poisson GLMM for A/B tests on count metrics.
+
+    from glmm_model import fit, FitConfig
+    result = fit(df, control="A")          # polars DataFrame / Arrow table
+    result.lift                            # polars DataFrame, one row per treatment arm
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import DecisionRules, FitConfig, Priors, SamplerConfig
+from .data import InputError, prepare
+from .fit import FitResult, fit
+
+try:
+    __version__ = version("glmm-ab")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+local"
+
+__all__ = ["fit", "FitConfig", "FitResult", "Priors", "SamplerConfig", "DecisionRules", "InputError", "prepare", "__version__"]

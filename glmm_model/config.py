@@ -1,0 +1,100 @@
+"""Typed, immutable configuration of a fit: priors, sampler settings, decision rules."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+Method = Literal["collapsed", "latent"]
+PriorPreset = Literal["default", "article"]
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Priors on the log scale.
+
+    ``beta0 ~ Normal(beta0_loc, beta0_scale)``, where ``beta0_loc=None`` means
+    "centre on the log of the pooled observed rate" (sum of counts / sum of exposure,
+    with half a count added so an all-zero experiment still has a finite centre).
+    That centring is what makes the default independent of the unit of the counts:
+    a metric averaging 0.02 per user and one averaging 300 get the same prior
+    relative to their own scale. ``beta_g ~ Normal(0, beta_scale)`` for each
+    treatment arm (a relative lift); ``s ~ Exponential(s_rate)``, the sd of the
+    per-user log-rate, already unit-free.
+    """
+
+    beta0_loc: float | None = None
+    beta0_scale: float = 2.5
+    beta_scale: float = 1.0
+    s_rate: float = 1.0
+    preset: PriorPreset = "default"
+
+    @classmethod
+    def from_preset(cls, name: str) -> "Priors":
+        if name == "default":
+            return cls()
+        if name == "article":
+            # The source article: beta0 ~ N(0,1), beta1 ~ N(0,1), s ~ Exponential(1).
+            return cls(beta0_loc=0.0, beta0_scale=1.0, beta_scale=1.0, s_rate=1.0, preset="article")
+        raise ValueError(f"unknown prior preset {name!r}: expected 'default' or 'article'")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """NUTS settings. Defaults are the article's: 4 chains x (500 warmup + 2000 draws)."""
+
+    num_chains: int = 4
+    num_warmup: int = 500
+    num_samples: int = 2000
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    seed: int = 42
+    progress_bar: bool | None = None  # None: on when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    """Thresholds that turn a posterior into a decision label.
+
+    'invalid' whenever a diagnostic check fails (divergences, R-hat, ESS, BFMI,
+    sample-ratio mismatch), whatever the lift says. Otherwise 'ship' when
+    P(beat control) >= ship_probability, 'keep_control' when
+    P(beat control) <= 1 - ship_probability or P(in ROPE) >= rope_probability,
+    and 'inconclusive' in between.
+    """
+
+    ship_probability: float = 0.95
+    rope_half_width: float = 0.01  # relative lift: |exp(beta) - 1| < 1%
+    rope_probability: float = 0.95
+    max_r_hat: float = 1.01
+    min_ess: float = 400.0
+    max_divergences: int = 0
+    min_bfmi: float = 0.3
+    srm_p_value: float = 0.001
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything a fit needs besides the data."""
+
+    method: Method = "collapsed"
+    priors: Priors = field(default_factory=Priors)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    decision: DecisionRules = field(default_factory=DecisionRules)
+    ci_level: float = 0.95  # equal-tailed posterior intervals
+    planned_split: tuple[float, ...] | None = None  # per variant in sorted-name order; None = equal
+    plots_dir: str | None = None  # write the three pictures here when set
+    ppc_draws: int = 400  # thinned posterior draws used by the predictive check
+
+    def __post_init__(self) -> None:
+        if self.method not in ("collapsed", "latent"):
+            raise ValueError(f"method must be 'collapsed' or 'latent', got {self.method!r}")
+        if not 0.5 < self.ci_level < 1:
+            raise ValueError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
+        if self.sampler.num_chains < 1 or self.sampler.num_samples < 1 or self.sampler.num_warmup < 0:
+            raise ValueError("num_chains and num_samples must be >= 1, num_warmup >= 0")
+
+    def with_(self, **changes) -> "FitConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,213 @@
+"""Input validation and the per-cell histogram the collapsed fit reads.
+
+Input is one row per user (``variant``, ``cv_count``, optional ``exposure``,
+optional ``user_id``) or, with an ``n_users`` column, rows that already count
+users per (variant, cv_count[, exposure]) cell, as the warehouse's
+``fct_cv_count_histogram`` does. Either way the data reduce to cells
+(arm, count, exposure) with a user count: one vectorised group-by, O(n).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+
+class InputError(ValueError):
+    """The input cannot be fitted; the message names the column and the value."""
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """Validated data of one experiment x metric, reduced to histogram cells.
+
+    ``variants[0]`` is the control; treatments follow in sorted order. Cell arrays
+    are parallel: ``cell_arm`` (index into variants), ``cell_count``,
+    ``cell_exposure`` and ``cell_users`` (how many users share the cell).
+    ``user_cell`` maps each input user to their cell (None for histogram input),
+    in input order; ``user_ids`` holds their ids when given.
+    """
+
+    variants: tuple[str, ...]
+    cell_arm: np.ndarray
+    cell_count: np.ndarray
+    cell_exposure: np.ndarray
+    cell_users: np.ndarray
+    has_exposure: bool
+    user_cell: np.ndarray | None = None
+    user_ids: np.ndarray | None = None
+
+    @property
+    def control(self) -> str:
+        return self.variants[0]
+
+    @property
+    def num_arms(self) -> int:
+        return len(self.variants)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.cell_users.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.cell_users.sum())
+
+    def users_per_arm(self) -> np.ndarray:
+        return np.bincount(self.cell_arm, weights=self.cell_users, minlength=self.num_arms).astype(np.int64)
+
+    def counts_per_arm(self) -> np.ndarray:
+        return np.bincount(self.cell_arm, weights=self.cell_users * self.cell_count, minlength=self.num_arms)
+
+    def exposure_per_arm(self) -> np.ndarray:
+        return np.bincount(self.cell_arm, weights=self.cell_users * self.cell_exposure, minlength=self.num_arms)
+
+    def per_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(arm, count, exposure) of every user, expanding cells (the latent path's input)."""
+        if self.user_cell is not None:
+            idx = self.user_cell
+        else:
+            idx = np.repeat(np.arange(self.n_cells), self.cell_users)
+        return self.cell_arm[idx], self.cell_count[idx], self.cell_exposure[idx]
+
+
+def _to_polars(data) -> pl.DataFrame:
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        return pl.from_arrow(data)
+    if isinstance(data, dict):
+        return pl.DataFrame(data)
+    raise InputError(
+        f"input must be a polars DataFrame or an Arrow table, got {type(data).__name__}"
+    )
+
+
+def _require_no_nulls(df: pl.DataFrame, column: str) -> None:
+    col = df.get_column(column)
+    bad = col.is_null()
+    if col.dtype.is_float():
+        bad = bad | col.is_nan()
+    n_bad = int(bad.sum())
+    if n_bad:
+        first = int(bad.arg_true()[0])
+        raise InputError(f"column '{column}' has {n_bad} NULL/NaN value(s) (first at row {first})")
+
+
+def _first_bad(df: pl.DataFrame, mask: pl.Series, column: str):
+    i = int(mask.arg_true()[0])
+    return i, df.get_column(column)[i]
+
+
+def prepare(data, control: str) -> ExperimentData:
+    """Validate ``data`` and reduce it to cells; raise InputError naming any problem."""
+    df = _to_polars(data)
+    if df.height == 0:
+        raise InputError("input is empty: no rows to fit")
+    for column in ("variant", "cv_count"):
+        if column not in df.columns:
+            raise InputError(f"required column '{column}' is missing (columns: {', '.join(df.columns)})")
+    has_exposure = "exposure" in df.columns
+    is_histogram = "n_users" in df.columns
+    if is_histogram and "user_id" in df.columns:
+        raise InputError("give either per-user rows (with 'user_id') or histogram rows (with 'n_users'), not both")
+
+    for column in ["variant", "cv_count"] + (["exposure"] if has_exposure else []) + (
+        ["n_users"] if is_histogram else []
+    ):
+        _require_no_nulls(df, column)
+
+    variant = df.get_column("variant").cast(pl.String)
+    count = df.get_column("cv_count")
+    if not count.dtype.is_numeric():
+        raise InputError(f"column 'cv_count' must be numeric, got {count.dtype}")
+    count_f = count.cast(pl.Float64)
+    bad = (count_f < 0) | ~count_f.is_finite()
+    if bad.any():
+        i, v = _first_bad(df, bad, "cv_count")
+        raise InputError(f"column 'cv_count' must be a non-negative count; row {i} has {v}")
+    bad = count_f != count_f.floor()
+    if bad.any():
+        i, v = _first_bad(df, bad, "cv_count")
+        raise InputError(f"column 'cv_count' must hold whole numbers; row {i} has {v}")
+
+    if has_exposure:
+        exposure = df.get_column("exposure")
+        if not exposure.dtype.is_numeric():
+            raise InputError(f"column 'exposure' must be numeric, got {exposure.dtype}")
+        exposure = exposure.cast(pl.Float64)
+        bad = (exposure <= 0) | ~exposure.is_finite()
+        if bad.any():
+            i, v = _first_bad(df, bad, "exposure")
+            raise InputError(f"column 'exposure' must be > 0 and finite; row {i} has {v}")
+    else:
+        exposure = pl.Series("exposure", np.ones(df.height))
+
+    if is_histogram:
+        users = df.get_column("n_users").cast(pl.Float64)
+        bad = (users < 0) | (users != users.floor())
+        if bad.any():
+            i, v = _first_bad(df, bad, "n_users")
+            raise InputError(f"column 'n_users' must be a non-negative whole number; row {i} has {v}")
+        users = users.cast(pl.Int64)
+    else:
+        users = pl.Series("n_users", np.ones(df.height, dtype=np.int64))
+
+    if "user_id" in df.columns:
+        _require_no_nulls(df, "user_id")
+        dup = df.get_column("user_id").is_duplicated()
+        if dup.any():
+            i, v = _first_bad(df, dup, "user_id")
+            raise InputError(f"column 'user_id' must be unique; {v!r} appears more than once (first at row {i})")
+
+    frame = pl.DataFrame(
+        {"variant": variant, "cv_count": count_f.cast(pl.Int64), "exposure": exposure, "n_users": users}
+    )
+    present = frame.group_by("variant").agg(pl.col("n_users").sum())
+    present = dict(zip(present["variant"].to_list(), present["n_users"].to_list()))
+    if control not in present:
+        raise InputError(
+            f"control variant {control!r} is not in column 'variant' (found: {', '.join(sorted(present))})"
+        )
+    if len(present) < 2:
+        raise InputError(f"only one arm ({control!r}) in column 'variant': an A/B test needs at least two")
+    empty = sorted(v for v, n in present.items() if n == 0)
+    if empty:
+        raise InputError(f"variant(s) {', '.join(map(repr, empty))} have no users (n_users sums to 0)")
+
+    variants = (control,) + tuple(sorted(v for v in present if v != control))
+    arm_of = pl.DataFrame({"variant": list(variants), "arm": np.arange(len(variants), dtype=np.int32)})
+    frame = frame.with_row_index("row").join(arm_of, on="variant", how="left").sort("row")
+
+    cells = (
+        frame.group_by(["arm", "cv_count", "exposure"])
+        .agg(pl.col("n_users").sum())
+        .filter(pl.col("n_users") > 0)
+        .sort(["arm", "cv_count", "exposure"])
+        .with_row_index("cell")
+    )
+    user_cell = None
+    user_ids = None
+    if not is_histogram:
+        user_cell = (
+            frame.join(cells.select("arm", "cv_count", "exposure", "cell"), on=["arm", "cv_count", "exposure"], how="left")
+            .sort("row")
+            .get_column("cell")
+            .to_numpy()
+            .astype(np.int64)
+        )
+        if "user_id" in df.columns:
+            user_ids = df.get_column("user_id").cast(pl.String).to_numpy()
+
+    return ExperimentData(
+        variants=variants,
+        cell_arm=cells["arm"].to_numpy().astype(np.int32),
+        cell_count=cells["cv_count"].to_numpy().astype(np.int64),
+        cell_exposure=cells["exposure"].to_numpy().astype(np.float64),
+        cell_users=cells["n_users"].to_numpy().astype(np.int64),
+        has_exposure=has_exposure,
+        user_cell=user_cell,
+        user_ids=user_ids,
+    )

@@ -1,0 +1,131 @@
+"""``fit``: per-user counts in, a typed result of warehouse-ready tables out.
+
+Steps: validate and reduce to histogram cells (:mod:`.data`) -> NUTS on the
+collapsed or latent model (:mod:`.sampling`) -> posterior summary, diagnostics,
+lift and decision (:mod:`.summaries`) -> predictive check and per-cell rate
+estimates (:mod:`.predictive`) -> optionally the three pictures (:mod:`.plots`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import arviz as az
+import numpy as np
+import polars as pl
+
+from . import predictive, summaries
+from .config import FitConfig
+from .data import ExperimentData, prepare
+from .sampling import sample
+from .schema import SCHEMAS, frame
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Everything one fit produced. Table attributes are polars DataFrames with the
+    column names and types of :mod:`glmm_model.schema` (they become warehouse columns)."""
+
+    posterior_summary: pl.DataFrame
+    lift: pl.DataFrame
+    diagnostics: pl.DataFrame
+    predictive_check: pl.DataFrame
+    user_estimates: pl.DataFrame
+    idata: az.InferenceData
+    data: ExperimentData
+    rates: predictive.RateSamples
+    config: FitConfig
+    plots: dict[str, str] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {name: getattr(self, name) for name in SCHEMAS}
+
+    def to_json_dict(self) -> dict:
+        return {name: table.to_dicts() for name, table in self.tables().items()}
+
+    def user_estimates_by_user(self) -> pl.DataFrame:
+        """One row per input user (input order): their cell's rate estimate, with ``user_id`` when given."""
+        if self.data.user_cell is None:
+            raise ValueError("per-user rows need per-user input; this fit read histogram rows")
+        out = self.user_estimates[self.data.user_cell.tolist()]
+        if self.data.user_ids is not None:
+            out = out.with_columns(pl.Series("user_id", self.data.user_ids)).select("user_id", pl.exclude("user_id"))
+        return out.drop("n_users")
+
+
+def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
+    """Fit the GLMM to one experiment x metric.
+
+    ``data``: polars DataFrame or Arrow table with ``variant``, ``cv_count``, and
+    optionally ``exposure``, ``user_id`` (one row per user) or ``n_users`` (rows
+    already counted per cell). ``control``: the control variant's name.
+    Raises :class:`glmm_model.InputError` on bad input, before any sampling.
+    """
+    config = config or FitConfig()
+    started = time.perf_counter()
+    exp = prepare(data, control)
+    users = exp.users_per_arm()
+    if config.planned_split is not None and len(config.planned_split) != exp.num_arms:
+        raise ValueError(
+            f"planned_split has {len(config.planned_split)} weights for {exp.num_arms} variants {exp.variants}"
+        )
+    srm = summaries.srm_p_value(users, config.planned_split)
+
+    posterior = sample(exp, config)
+    beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
+    level = config.ci_level
+    summary_rows = summaries.posterior_summary(posterior.idata, level)
+    diag = summaries.sampler_diagnostics(posterior.idata, summary_rows, srm)
+    failures = diag.failures(config.decision)
+    observed_mean = exp.counts_per_arm() / users
+    lift = summaries.lift_rows(
+        beta0, beta, s, exp.variants, users, observed_mean, level, config.decision, failures
+    )
+
+    rng = np.random.default_rng(config.sampler.seed)
+    ppc_rows, ppc_p = predictive.predictive_check(exp, beta0, beta, s, config.ppc_draws, level, rng)
+    if config.method == "collapsed":
+        rates = predictive.collapsed_rates(exp, beta0, beta, s, rng)
+    else:
+        rates = predictive.latent_rates(exp, beta0, beta, s, posterior.r, rng)
+    user_rows = predictive.user_estimate_rows(exp, rates, level)
+
+    sc = config.sampler
+    diagnostics_row = {
+        "method": config.method,
+        "prior_preset": config.priors.preset,
+        "num_chains": sc.num_chains,
+        "num_warmup": sc.num_warmup,
+        "num_samples": sc.num_samples,
+        "target_accept": sc.target_accept,
+        "seed": sc.seed,
+        "n_users": exp.n_users,
+        "n_cells": exp.n_cells,
+        "divergences": diag.divergences,
+        "max_r_hat": diag.max_r_hat,
+        "min_ess_bulk": diag.min_ess_bulk,
+        "min_ess_tail": diag.min_ess_tail,
+        "min_bfmi": diag.min_bfmi,
+        "srm_p_value": srm,
+        "ppc_p_value": float(min(ppc_p)),
+        "converged": not failures,
+        "failure_reasons": "; ".join(failures) if failures else None,
+        "sampling_seconds": posterior.seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    result = FitResult(
+        posterior_summary=frame("posterior_summary", summary_rows),
+        lift=frame("lift", lift),
+        diagnostics=frame("diagnostics", [diagnostics_row]),
+        predictive_check=frame("predictive_check", ppc_rows),
+        user_estimates=frame("user_estimates", user_rows),
+        idata=posterior.idata,
+        data=exp,
+        rates=rates,
+        config=config,
+    )
+    if config.plots_dir:
+        from .plots import write_plots
+
+        result.plots.update(write_plots(result, config.plots_dir))
+    return result

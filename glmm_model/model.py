@@ -1,0 +1,175 @@
+"""The Poisson GLMM with a per-user random intercept, in NumPyro.
+
+For user i in arm g(i) (arm 0 is the control):
+
+    y_i      ~ Poisson(mu_i)
+    log mu_i = beta0 + beta[g(i)] + r_i + log(exposure_i),   beta[0] = 0
+    r_i      ~ Normal(0, s)
+    beta0    ~ Normal(beta0_loc, beta0_scale)
+    beta[g]  ~ Normal(0, beta_scale)          g = 1..k-1
+    s        ~ Exponential(s_rate)
+
+With k = 2 and the 'article' priors (beta0_loc=0, beta0_scale=1, beta_scale=1,
+s_rate=1) this is the source article's model; ``beta[1]`` is its ``beta1``.
+
+Two model functions share the fixed effects:
+
+* :func:`latent_model` samples one r_i per user, as the article does.
+* :func:`collapsed_model` integrates r_i out (``PoissonLogNormal``, adaptive
+  Gauss-Hermite) over histogram cells: users with equal (arm, count, exposure)
+  contribute one term scaled by their number. Cells come in count tiers, each
+  with its own quadrature rule and padded to a fixed size (padding has weight 0),
+  so one compiled program serves every experiment of similar size.
+
+Both take arrays and ``cv_count=None``; with ``cv_count`` omitted the same
+function draws counts, which is what ``numpyro.infer.Predictive`` uses.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from . import quadrature as q
+from .config import Priors
+from .data import ExperimentData
+
+_PAD_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class PriorArrays(NamedTuple):
+    """Prior hyper-parameters as arrays; ``beta_scale`` has one entry per treatment arm."""
+
+    beta0_loc: jnp.ndarray
+    beta0_scale: jnp.ndarray
+    beta_scale: jnp.ndarray
+    s_rate: jnp.ndarray
+
+
+class CellTier(NamedTuple):
+    """Histogram cells that share one quadrature rule (nodes ``x``, log weights ``log_wx``)."""
+
+    arm: jnp.ndarray
+    log_exposure: jnp.ndarray
+    weight: jnp.ndarray
+    cv_count: jnp.ndarray
+    x: jnp.ndarray
+    log_wx: jnp.ndarray
+
+
+def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
+    """Resolve the priors for this data: ``beta0_loc=None`` centres on the pooled log rate."""
+    if priors.beta0_loc is None:
+        total = float((data.cell_users * data.cell_count).sum())
+        exposure = float((data.cell_users * data.cell_exposure).sum())
+        loc = np.log((total + 0.5) / exposure)
+    else:
+        loc = priors.beta0_loc
+    return PriorArrays(
+        beta0_loc=jnp.asarray(loc, jnp.float64),
+        beta0_scale=jnp.asarray(priors.beta0_scale, jnp.float64),
+        beta_scale=jnp.full((data.num_arms - 1,), priors.beta_scale, jnp.float64),
+        s_rate=jnp.asarray(priors.s_rate, jnp.float64),
+    )
+
+
+def _padded_size(n: int) -> int:
+    for size in _PAD_SIZES:
+        if n <= size:
+            return size
+    return int(2 ** np.ceil(np.log2(n)))
+
+
+def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
+    """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
+    tiers = []
+    small = data.cell_count < q.SMALL_COUNT_LIMIT
+    for mask, n_nodes in ((small, q.SMALL_COUNT_NODES), (~small, q.LARGE_COUNT_NODES)):
+        n = int(mask.sum())
+        size = _padded_size(max(n, 1))
+        pad = size - n
+
+        def padded(values, fill, dtype):
+            return jnp.asarray(np.concatenate([values[mask], np.full(pad, fill)]).astype(dtype))
+
+        x, log_wx = q.hermite_rule(n_nodes)
+        tiers.append(
+            CellTier(
+                arm=padded(data.cell_arm, 0, np.int32),
+                log_exposure=padded(np.log(data.cell_exposure), 0.0, np.float64),
+                weight=padded(data.cell_users.astype(np.float64), 0.0, np.float64),
+                cv_count=padded(data.cell_count.astype(np.float64), 0.0, np.float64),
+                x=jnp.asarray(x),
+                log_wx=jnp.asarray(log_wx),
+            )
+        )
+    return tuple(tiers)
+
+
+def fixed_effects(prior: PriorArrays):
+    """Sample beta0, beta (one per treatment arm) and s; return them with beta padded by the control's 0."""
+    beta0 = numpyro.sample("beta0", dist.Normal(prior.beta0_loc, prior.beta0_scale))
+    with numpyro.plate("treatments", prior.beta_scale.shape[0]):
+        beta = numpyro.sample("beta", dist.Normal(0.0, prior.beta_scale))
+    s = numpyro.sample("s", dist.Exponential(prior.s_rate))
+    beta_full = jnp.concatenate([jnp.zeros(1, beta.dtype), beta])
+    return beta0, beta_full, s
+
+
+class PoissonLogNormal(dist.Distribution):
+    """y ~ Poisson(exp(loc + r)), r ~ Normal(0, scale), with r integrated out.
+
+    ``log_prob`` is the adaptive Gauss-Hermite marginal (:mod:`glmm_model.quadrature`)
+    on the rule given by ``x`` / ``log_wx``; ``sample`` draws r then y.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.nonnegative_integer
+    pytree_data_fields = ("loc", "scale", "x", "log_wx")
+
+    def __init__(self, loc, scale, x, log_wx, *, validate_args=None):
+        self.loc, self.scale = jnp.broadcast_arrays(loc, scale)
+        self.x, self.log_wx = x, log_wx
+        super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        k1, k2 = jax.random.split(key)
+        shape = sample_shape + self.batch_shape
+        r = self.scale * jax.random.normal(k1, shape)
+        return jax.random.poisson(k2, jnp.exp(self.loc + r), shape)
+
+    def log_prob(self, value):
+        return q.log_marginal_rule(value, self.loc, self.scale, self.x, self.log_wx)
+
+
+def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=None):
+    """Collapsed GLMM over histogram cells; ``cv_count=None`` draws one user's count per cell.
+
+    ``cv_count``, when given, is a tuple with one array per tier (the observed counts).
+    Each cell's log-likelihood is multiplied by its number of users (``weight``);
+    padding cells have weight 0 and contribute nothing.
+    """
+    beta0, beta_full, s = fixed_effects(prior)
+    for t, tier in enumerate(tiers):
+        obs = None if cv_count is None else cv_count[t]
+        eta = beta0 + beta_full[tier.arm] + tier.log_exposure
+        with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
+            d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
+            if obs is None:
+                numpyro.sample(f"cv_count_{t}", d)
+            else:
+                numpyro.factor(f"cv_count_{t}", tier.weight * d.log_prob(obs))
+
+
+def latent_model(arm, log_exposure, prior: PriorArrays, cv_count=None):
+    """The article's latent form: one r_i ~ Normal(0, s) per user, y_i ~ Poisson(exp(...))."""
+    beta0, beta_full, s = fixed_effects(prior)
+    with numpyro.plate("users", arm.shape[0]):
+        r = numpyro.sample("r", dist.Normal(0.0, s))
+        mu = jnp.exp(beta0 + beta_full[arm] + r + log_exposure)
+        numpyro.sample("cv_count", dist.Poisson(mu), obs=cv_count)

@@ -1,0 +1,190 @@
+"""From posterior draws to the numbers an experimenter decides on.
+
+Pure numpy/ArviZ on draws, no sampler and no warehouse: each function takes
+arrays and returns plain rows, so golden-value tests can feed a hand-made posterior.
+
+Definitions (k: a treatment arm, c: the control; all per unit of exposure, i.e.
+per user when no exposure is given):
+
+* expected count per user in arm g: ``exp(beta0 + beta_g + s²/2)``, the mean of
+  the lognormal-Poisson rate.
+* relative lift ``exp(beta_k) - 1`` (ratio of arm means minus one);
+  absolute lift ``expected_k - expected_c``.
+* ``prob_beat_control = P(lift > 0)``;
+  ``expected_loss_ship = E[max(0, -lift)]`` (relative lift given up if we ship and
+  the treatment is worse); ``expected_loss_keep = E[max(0, lift)]``;
+  ``prob_in_rope = P(|lift| < rope_half_width)``.
+Intervals are equal-tailed at ``ci_level``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+from scipy import stats
+
+from .config import DecisionRules
+
+POSTERIOR_PARAMETERS = ("beta0", "beta", "s")
+
+
+def interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed posterior interval."""
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail], axis=axis)
+    return low, high
+
+
+def posterior_summary(idata: az.InferenceData, level: float) -> list[dict]:
+    """One row per parameter (and per treatment variant for 'beta')."""
+    ess_bulk = az.ess(idata, var_names=list(POSTERIOR_PARAMETERS), method="bulk")
+    ess_tail = az.ess(idata, var_names=list(POSTERIOR_PARAMETERS), method="tail")
+    r_hat = az.rhat(idata, var_names=list(POSTERIOR_PARAMETERS))
+    mcse = az.mcse(idata, var_names=list(POSTERIOR_PARAMETERS), method="mean")
+    rows = []
+    for name in POSTERIOR_PARAMETERS:
+        values = idata.posterior[name].values
+        flat = values.reshape((values.shape[0] * values.shape[1], -1))
+        variants = list(idata.posterior[name].coords["variant"].values) if name == "beta" else [None]
+        for j, variant in enumerate(variants):
+            d = flat[:, j]
+            low, high = interval(d, level)
+            pick = (lambda da: da.values[j]) if name == "beta" else (lambda da: da.values)
+            rows.append(
+                {
+                    "parameter": name,
+                    "variant": None if variant is None else str(variant),
+                    "mean": float(d.mean()),
+                    "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+                    "median": float(np.median(d)),
+                    "ci_low": float(low),
+                    "ci_high": float(high),
+                    "mcse_mean": float(pick(mcse[name])),
+                    "ess_bulk": float(pick(ess_bulk[name])),
+                    "ess_tail": float(pick(ess_tail[name])),
+                    "r_hat": float(pick(r_hat[name])),
+                }
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Sampler health in numbers, and whether it passes the decision rules."""
+
+    divergences: int
+    max_r_hat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    min_bfmi: float
+    srm_p_value: float
+
+    def failures(self, rules: DecisionRules) -> list[str]:
+        """Human-readable reasons the posterior cannot be trusted (empty when healthy)."""
+        out = []
+        if self.divergences > rules.max_divergences:
+            out.append(f"{self.divergences} divergent transitions")
+        if not self.max_r_hat <= rules.max_r_hat:
+            out.append(f"max R-hat {self.max_r_hat:.3f} > {rules.max_r_hat}")
+        if not min(self.min_ess_bulk, self.min_ess_tail) >= rules.min_ess:
+            out.append(f"min ESS {min(self.min_ess_bulk, self.min_ess_tail):.0f} < {rules.min_ess:.0f}")
+        if not self.min_bfmi >= rules.min_bfmi:
+            out.append(f"BFMI {self.min_bfmi:.2f} < {rules.min_bfmi}")
+        if self.srm_p_value < rules.srm_p_value:
+            out.append(f"sample ratio mismatch (p = {self.srm_p_value:.2g})")
+        return out
+
+
+def sampler_diagnostics(idata: az.InferenceData, summary_rows: list[dict], srm_p_value: float) -> Diagnostics:
+    bfmi = az.bfmi(idata) if idata.posterior.sizes["draw"] > 1 else np.array([np.nan])
+    return Diagnostics(
+        divergences=int(idata.sample_stats["diverging"].values.sum()),
+        max_r_hat=float(np.nanmax([r["r_hat"] for r in summary_rows])),
+        min_ess_bulk=float(np.nanmin([r["ess_bulk"] for r in summary_rows])),
+        min_ess_tail=float(np.nanmin([r["ess_tail"] for r in summary_rows])),
+        min_bfmi=float(np.nanmin(bfmi)) if np.isfinite(bfmi).any() else float("nan"),
+        srm_p_value=srm_p_value,
+    )
+
+
+def srm_p_value(users_per_arm: np.ndarray, planned_split: tuple[float, ...] | None = None) -> float:
+    """Chi-squared test of the observed users per arm against the planned split (equal unless given)."""
+    observed = np.asarray(users_per_arm, dtype=float)
+    split = np.ones_like(observed) if planned_split is None else np.asarray(planned_split, dtype=float)
+    if split.shape != observed.shape or np.any(split <= 0):
+        raise ValueError(f"planned_split needs {observed.size} positive weights, got {planned_split}")
+    expected = observed.sum() * split / split.sum()
+    return float(stats.chisquare(observed, expected).pvalue)
+
+
+def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: DecisionRules) -> tuple[str, str]:
+    """Decision label and the reason for it."""
+    if failures:
+        return "invalid", "; ".join(failures)
+    if prob_beat >= rules.ship_probability:
+        return "ship", f"P(beat control) {prob_beat:.3f} >= {rules.ship_probability}"
+    if prob_beat <= 1.0 - rules.ship_probability:
+        return "keep_control", f"P(beat control) {prob_beat:.3f} <= {1 - rules.ship_probability:.2f}"
+    if prob_in_rope >= rules.rope_probability:
+        return "keep_control", f"P(|lift| < {rules.rope_half_width:g}) {prob_in_rope:.3f} >= {rules.rope_probability}"
+    return "inconclusive", f"P(beat control) {prob_beat:.3f} between thresholds"
+
+
+def lift_rows(
+    beta0: np.ndarray,
+    beta: np.ndarray,
+    s: np.ndarray,
+    variants: tuple[str, ...],
+    users_per_arm: np.ndarray,
+    observed_mean: np.ndarray,
+    level: float,
+    rules: DecisionRules,
+    failures: list[str],
+) -> list[dict]:
+    """One row per treatment arm against the control (arm 0). ``beta`` is (draws, treatments)."""
+    beta = np.asarray(beta).reshape(len(beta0), -1)
+    log_base = beta0 + 0.5 * s**2
+    expected_control = np.exp(log_base)
+    ec_low, ec_high = interval(expected_control, level)
+    rows = []
+    for j, variant in enumerate(variants[1:]):
+        expected = np.exp(log_base + beta[:, j])
+        e_low, e_high = interval(expected, level)
+        lift = np.expm1(beta[:, j])
+        l_low, l_high = interval(lift, level)
+        absolute = expected - expected_control
+        a_low, a_high = interval(absolute, level)
+        prob_beat = float(np.mean(lift > 0))
+        prob_in_rope = float(np.mean(np.abs(lift) < rules.rope_half_width))
+        decision, reason = decide(prob_beat, prob_in_rope, failures, rules)
+        rows.append(
+            {
+                "variant": variant,
+                "control_variant": variants[0],
+                "n_users": int(users_per_arm[j + 1]),
+                "n_users_control": int(users_per_arm[0]),
+                "observed_mean": float(observed_mean[j + 1]),
+                "observed_mean_control": float(observed_mean[0]),
+                "expected_count_mean": float(expected.mean()),
+                "expected_count_low": float(e_low),
+                "expected_count_high": float(e_high),
+                "expected_count_control_mean": float(expected_control.mean()),
+                "expected_count_control_low": float(ec_low),
+                "expected_count_control_high": float(ec_high),
+                "relative_lift_mean": float(lift.mean()),
+                "relative_lift_median": float(np.median(lift)),
+                "relative_lift_low": float(l_low),
+                "relative_lift_high": float(l_high),
+                "absolute_lift_mean": float(absolute.mean()),
+                "absolute_lift_low": float(a_low),
+                "absolute_lift_high": float(a_high),
+                "prob_beat_control": prob_beat,
+                "expected_loss_ship": float(np.mean(np.maximum(0.0, -lift))),
+                "expected_loss_keep": float(np.mean(np.maximum(0.0, lift))),
+                "prob_in_rope": prob_in_rope,
+                "decision": decision,
+                "decision_reason": reason,
+            }
+        )
+    return rows
