@@ -4,6 +4,11 @@
     result = fit(df, control="A")          # polars DataFrame / Arrow table
     result.lift                            # polars DataFrame, one row per treatment arm
 """
+import warnings
+
+# ArviZ 0.23 announces its 1.0 refactor on import; we pin the 0.x API on purpose.
+warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import DecisionRules, FitConfig, Priors, SamplerConfig

@@ -39,7 +39,7 @@ from . import quadrature as q
 from .config import Priors
 from .data import ExperimentData
 
-_PAD_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
+_PAD_SIZES = (4, 16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class PriorArrays(NamedTuple):
@@ -88,8 +88,7 @@ def _padded_size(n: int) -> int:
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
     """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
     tiers = []
-    small = data.cell_count < q.SMALL_COUNT_LIMIT
-    for mask, n_nodes in ((small, q.SMALL_COUNT_NODES), (~small, q.LARGE_COUNT_NODES)):
+    for mask, n_nodes in q.tier_masks(data.cell_count):
         n = int(mask.sum())
         size = _padded_size(max(n, 1))
         pad = size - n

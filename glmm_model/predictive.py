@@ -84,12 +84,12 @@ def collapsed_rates(data, beta0, beta, s, rng) -> RateSamples:
     log_l = q.log_marginal_tiered(y, eta, s_j)
     mean = ((y + 1.0) * np.exp(q.log_marginal_tiered(y + 1.0, eta, s_j) - log_l)).mean(axis=0)
 
-    r_star, sigma_hat = (np.asarray(a) for a in q.laplace_mode(y, eta, s_j))
+    r_star, sigma_hat = q.laplace_mode(y, eta, s_j, xp=np)
     scale = 1.5 * sigma_hat
     z = rng.standard_normal((per_draw,) + eta.shape)
     r = r_star + scale * z
     log_q = stats.norm.logpdf(z) - np.log(scale)
-    log_w = np.asarray(q.log_joint(r, y, eta, s_j)) - log_l - log_q
+    log_w = q.log_joint(r, y, eta, s_j, xp=np) - log_l - log_q
     mu = np.exp(eta + r)
     # (per_draw, J, C) -> (C, per_draw * J)
     mu = mu.transpose(2, 0, 1).reshape(n_cells, -1)

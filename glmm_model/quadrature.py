@@ -26,6 +26,10 @@ counts the integrand is a spike far from zero and it misses it by thousands of n
 The mode and the scale are held out of the gradient (``stop_gradient``): the
 quadrature is exact-to-tolerance for any centre near the mode, so its gradient in
 (eta, s) is the quadrature of the integrand's gradient. Everything is float64.
+
+Each function takes ``xp``: ``jax.numpy`` (the default, traced inside the
+sampler, differentiable) or ``numpy`` (post-processing on concrete arrays: no
+compilation, same arithmetic).
 """
 from __future__ import annotations
 
@@ -34,18 +38,18 @@ from functools import lru_cache
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, logsumexp
+import jax.scipy.special as jsp
+import scipy.special as sp
 
 jax.config.update("jax_enable_x64", True)
 
 # Node counts by count tier, measured against scipy.integrate.quad over counts
-# 0..10,000, eta -5..8, s 0.05..3 (tests/test_quadrature.py): y = 0 with a large s
-# is the hard case (the integrand is a prior tail cut by a soft step), where 128
-# nodes keep the error under 2e-7; from y = 10 on, 16 nodes are within 1e-7.
-SMALL_COUNT_LIMIT = 10
-SMALL_COUNT_NODES = 128
-LARGE_COUNT_NODES = 16
-DEFAULT_NODES = LARGE_COUNT_NODES
+# 0..10,000, eta -5..8, s 0.05..3 (tests/test_quadrature.py). y = 0 with a large s
+# is the hard case (a prior tail cut by a soft step): 128 nodes keep it under 2e-7.
+# Errors fall fast with the count: 24 nodes are within 3e-7 from y = 3 and 16
+# nodes within 1e-7 from y = 10. Each tier is (first count above it, nodes).
+COUNT_TIERS = ((3, 128), (10, 24), (None, 16))
+DEFAULT_NODES = 16
 _NEWTON_STEPS = 8
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 
@@ -57,7 +61,12 @@ def hermite_rule(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.log(w) + x**2
 
 
-def wright_omega(z):
+def _special(xp):
+    """(gammaln, logsumexp) for the array module in use."""
+    return (jsp.gammaln, jsp.logsumexp) if xp is jnp else (sp.gammaln, sp.logsumexp)
+
+
+def wright_omega(z, xp=jnp):
     """ω(z), the solution w > 0 of ``w + log w = z``, for real z (float64).
 
     Newton on ``f(u) = exp(u) + u - z`` with ``u = log w``: f is increasing and
@@ -65,75 +74,71 @@ def wright_omega(z):
     the root, so the iterates decrease monotonically to it. Eight steps reach
     machine precision over the whole real line.
     """
-    z = jnp.asarray(z, dtype=jnp.float64)
-    u = jnp.where(z > 1.0, jnp.log(jnp.maximum(z, 1.0)), z)
+    z = xp.asarray(z, dtype=xp.float64)
+    u = xp.where(z > 1.0, xp.log(xp.maximum(z, 1.0)), z)
     for _ in range(_NEWTON_STEPS):
-        eu = jnp.exp(u)
+        eu = xp.exp(u)
         u = u - (eu + u - z) / (eu + 1.0)
-    return jnp.exp(u)
+    return xp.exp(u)
 
 
-def laplace_mode(y, eta, s):
-    """Mode r* and Laplace scale sigma_hat of r given (y, eta, s); also w = ω(z)."""
+def laplace_mode(y, eta, s, xp=jnp):
+    """Mode r* and Laplace scale sigma_hat of r given (y, eta, s)."""
     s2 = s * s
-    w = wright_omega(jnp.log(s2) + eta + y * s2)
+    w = wright_omega(xp.log(s2) + eta + y * s2, xp)
     r_star = y * s2 - w
-    sigma_hat = s / jnp.sqrt(1.0 + w)
+    sigma_hat = s / xp.sqrt(1.0 + w)
     return r_star, sigma_hat
 
 
-def log_joint(r, y, eta, s):
+def log_joint(r, y, eta, s, xp=jnp):
     """log[ Poisson(y | exp(eta + r)) Normal(r | 0, s) ] (all terms)."""
-    return (
-        y * (eta + r)
-        - jnp.exp(eta + r)
-        - gammaln(y + 1.0)
-        - 0.5 * (r / s) ** 2
-        - jnp.log(s)
-        - _HALF_LOG_2PI
-    )
+    gammaln, _ = _special(xp)
+    return _log_joint_kernel(r, y, eta, s, xp) - gammaln(y + 1.0) - xp.log(s) - _HALF_LOG_2PI
 
 
-def log_marginal_rule(y, eta, s, x, log_wx):
+def _log_joint_kernel(r, y, eta, s, xp):
+    """The part of :func:`log_joint` that varies with r (evaluated at every node)."""
+    return y * (eta + r) - xp.exp(eta + r) - 0.5 * (r / s) ** 2
+
+
+def log_marginal_rule(y, eta, s, x, log_wx, xp=jnp):
     """log L(y | eta, s) on a given rule (nodes ``x``, ``log_wx = log ω + x²``); broadcasts."""
-    r_star, sigma_hat = laplace_mode(y, eta, s)
-    r_star = jax.lax.stop_gradient(r_star)
-    scale = np.sqrt(2.0) * jax.lax.stop_gradient(sigma_hat)
+    gammaln, logsumexp = _special(xp)
+    r_star, sigma_hat = laplace_mode(y, eta, s, xp)
+    if xp is jnp:
+        r_star, sigma_hat = jax.lax.stop_gradient(r_star), jax.lax.stop_gradient(sigma_hat)
+    scale = np.sqrt(2.0) * sigma_hat
     r = r_star[..., None] + scale[..., None] * x
-    terms = log_wx + log_joint(r, y[..., None], eta[..., None], s[..., None])
-    return logsumexp(terms, axis=-1) + jnp.log(scale)
+    terms = log_wx + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
+    return logsumexp(terms, axis=-1) + xp.log(scale / s) - gammaln(y + 1.0) - _HALF_LOG_2PI
 
 
-def log_marginal(y, eta, s, n_nodes: int = DEFAULT_NODES):
+def log_marginal(y, eta, s, n_nodes: int = DEFAULT_NODES, xp=jnp):
     """log L(y | eta, s) by adaptive Gauss-Hermite quadrature with n_nodes; broadcasts."""
-    y, eta, s = jnp.broadcast_arrays(
-        jnp.asarray(y, jnp.float64), jnp.asarray(eta, jnp.float64), jnp.asarray(s, jnp.float64)
+    y, eta, s = xp.broadcast_arrays(
+        xp.asarray(y, xp.float64), xp.asarray(eta, xp.float64), xp.asarray(s, xp.float64)
     )
     x, log_wx = hermite_rule(n_nodes)
-    return log_marginal_rule(y, eta, s, x, log_wx)
+    return log_marginal_rule(y, eta, s, x, log_wx, xp)
 
 
-def conditional_rate_mean(y, eta, s, n_nodes: int = DEFAULT_NODES):
-    """E[exp(eta + r) | y, eta, s], the shrinkage estimate of one user's rate.
-
-    Uses ``exp(eta + r) Poisson(y | λ) = (y + 1) Poisson(y + 1 | λ)``, so the
-    conditional mean is ``(y + 1) L(y + 1) / L(y)``.
-    """
-    y = jnp.asarray(y, jnp.float64)
-    return (y + 1.0) * jnp.exp(log_marginal(y + 1.0, eta, s, n_nodes) - log_marginal(y, eta, s, n_nodes))
-
-
-def nodes_for_counts(y) -> np.ndarray:
-    """Number of quadrature nodes each count needs (the tier rule above)."""
-    return np.where(np.asarray(y) < SMALL_COUNT_LIMIT, SMALL_COUNT_NODES, LARGE_COUNT_NODES)
+def tier_masks(y) -> list[tuple[np.ndarray, int]]:
+    """(mask of counts in the tier, nodes) for each count tier, on concrete counts."""
+    y = np.asarray(y)
+    out, low = [], -np.inf
+    for limit, nodes in COUNT_TIERS:
+        high = np.inf if limit is None else limit
+        out.append(((y >= low) & (y < high), nodes))
+        low = high
+    return out
 
 
 def log_marginal_tiered(y, eta, s) -> np.ndarray:
-    """log L for concrete arrays, each count with the node count of its tier (numpy out)."""
+    """log L on concrete arrays (numpy), each count with the node count of its tier."""
     y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))
     out = np.empty(y.shape)
-    small = y < SMALL_COUNT_LIMIT
-    for mask, n in ((small, SMALL_COUNT_NODES), (~small, LARGE_COUNT_NODES)):
+    for mask, n in tier_masks(y):
         if mask.any():
-            out[mask] = np.asarray(log_marginal(y[mask], eta[mask], s[mask], n))
+            out[mask] = log_marginal(y[mask], eta[mask], s[mask], n, xp=np)
     return out

@@ -6,6 +6,7 @@ so a second experiment with the same padded shapes reuses the compilation.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +20,20 @@ from numpyro.infer import MCMC, NUTS
 from .config import FitConfig
 from .data import ExperimentData
 from .model import cell_tiers, collapsed_model, latent_model, prior_arrays
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
+    """Keep JAX's compiled programs on disk so later processes skip compilation.
+
+    ``path`` defaults to ``$GLMM_AB_JAX_CACHE`` or ``~/.cache/glmm-ab/jax``.
+    Every program is cached, however quickly it compiled.
+    """
+    path = str(path or os.environ.get("GLMM_AB_JAX_CACHE") or os.path.expanduser("~/.cache/glmm-ab/jax"))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 @dataclass(frozen=True)
