@@ -39,7 +39,6 @@ from . import quadrature as q
 from .config import Priors
 from .data import ExperimentData
 
-_PAD_SIZES = (4, 16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class PriorArrays(NamedTuple):
@@ -79,10 +78,8 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
 
 
 def _padded_size(n: int) -> int:
-    for size in _PAD_SIZES:
-        if n <= size:
-            return size
-    return int(2 ** np.ceil(np.log2(n)))
+    """Next power of two (at least 4): few distinct shapes, at most 2x padding."""
+    return max(4, 1 << (int(n) - 1).bit_length())
 
 
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:

@@ -1,0 +1,48 @@
+"""Shared fixtures. Sampler settings are small here; agreement tests ask for more."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Prefect writes its database and settings under PREFECT_HOME: keep tests out of ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("GLMM_AB_JAX_CACHE", os.path.join(tempfile.gettempdir(), "glmm-ab-test-jax-cache"))
+
+import numpy as np
+import polars as pl
+import pytest
+
+from glmm_model import DecisionRules, FitConfig, SamplerConfig
+from glmm_model.sampling import enable_compilation_cache
+
+enable_compilation_cache()
+
+SMALL = SamplerConfig(num_chains=2, num_warmup=300, num_samples=400, seed=1, progress_bar=False)
+
+
+def article_frame() -> pl.DataFrame:
+    """The source article's 200 users, generated exactly as it does (numpy seed 42)."""
+    np.random.seed(42)
+    num_users = 200
+    group = np.random.binomial(1, 0.5, size=num_users)
+    cv_intensity = 1.5 * group + 1
+    cv_count = np.random.negative_binomial(n=10, p=1 / (1 + cv_intensity), size=num_users)
+    return pl.DataFrame(
+        {
+            "user_id": [f"u{i:03d}" for i in range(num_users)],
+            "variant": np.where(group == 1, "TG", "CG"),
+            "cv_count": cv_count,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def article_data() -> pl.DataFrame:
+    return article_frame()
+
+
+@pytest.fixture
+def small_config() -> FitConfig:
+    # ESS and R-hat thresholds scaled to the small run so a healthy fit is not labelled invalid.
+    return FitConfig(sampler=SMALL, decision=DecisionRules(min_ess=100, max_r_hat=1.05))

@@ -1,0 +1,79 @@
+"""The ``glmm-ab fit`` command as a user runs it: a real subprocess on real files."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from conftest import article_frame
+
+EXE = shutil.which("glmm-ab") or os.path.join(os.path.dirname(sys.executable), "glmm-ab")
+SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def article_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "some.csv"
+    article_frame().write_csv(path)
+    return path
+
+
+def test_fit_json_has_the_documented_keys(article_csv):
+    out = run("fit", str(article_csv), "--control", "CG", "--json", *SMALL_ARGS)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert set(payload) == {"posterior_summary", "lift", "diagnostics"}
+    lift = payload["lift"][0]
+    assert lift["variant"] == "TG" and lift["control_variant"] == "CG"
+    assert 0.0 <= lift["prob_beat_control"] <= 1.0
+    assert lift["decision"] in {"ship", "keep_control", "inconclusive", "invalid"}
+    assert [r["parameter"] for r in payload["posterior_summary"]] == ["beta0", "beta", "s"]
+    assert payload["diagnostics"][0]["num_samples"] == 300
+    assert "\x1b" not in out.stderr  # no progress bar when output is not a terminal
+
+
+def test_fit_readable_table_from_parquet_with_plots(tmp_path):
+    path = tmp_path / "data.parquet"
+    article_frame().write_parquet(path)
+    out = run("fit", str(path), "--control", "CG", "--plots-dir", str(tmp_path / "plots"), *SMALL_ARGS)
+    assert out.returncode == 0, out.stderr
+    assert "Lift against control CG" in out.stdout and "TG" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["rate_density.png", "trace.png", "user_predictive.png"]
+
+
+@pytest.mark.parametrize(
+    "rows, control, message",
+    [
+        ({"variant": ["A", "B"], "cv_count": [1, -3]}, "A", "non-negative"),
+        ({"variant": ["A", "B"], "cv_count": [1, 2]}, "Z", "control variant 'Z'"),
+        ({"variant": ["A", "A"], "cv_count": [1, 2]}, "A", "only one arm"),
+        ({"variant": ["A", "B"], "cv_count": [1, 2], "exposure": [0.0, 1.0]}, "A", "exposure"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, rows, control, message):
+    path = tmp_path / "bad.csv"
+    pl.DataFrame(rows).write_csv(path)
+    plots = tmp_path / "plots"
+    out = run("fit", str(path), "--control", control, "--plots-dir", str(plots), "--json")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert message in out.stderr
+    assert not plots.exists()
+
+
+def test_missing_and_unsupported_files_exit_2(tmp_path):
+    assert run("fit", str(tmp_path / "nope.csv"), "--control", "A").returncode == 2
+    (tmp_path / "x.txt").write_text("variant,cv_count\n")
+    out = run("fit", str(tmp_path / "x.txt"), "--control", "A")
+    assert out.returncode == 2 and ".csv or .parquet" in out.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("variant,cv_count\n")
+    out = run("fit", str(empty), "--control", "A")
+    assert out.returncode == 2 and "empty" in out.stderr

@@ -1,0 +1,121 @@
+"""Fitting: the two paths agree, parameters are recovered across scales, edge cases fit, outputs keep their contract."""
+import numpy as np
+import polars as pl
+import pytest
+
+from glmm_model import DecisionRules, FitConfig, Priors, SamplerConfig, fit
+from glmm_model.schema import SCHEMAS
+
+from conftest import SMALL
+
+
+def simulate(n_users, mean, betas, s, seed, exposure=False):
+    """Users from the model itself: arm effects ``betas`` (control first, 0), lognormal-Poisson counts."""
+    rng = np.random.default_rng(seed)
+    k = len(betas)
+    arm = rng.integers(0, k, n_users)
+    beta0 = np.log(mean) - s**2 / 2
+    expo = rng.uniform(0.5, 3.0, n_users).round(1) if exposure else np.ones(n_users)
+    eta = beta0 + np.asarray(betas)[arm] + np.log(expo) + rng.normal(0, s, n_users)
+    data = {"variant": np.array([f"v{a}" for a in arm]), "cv_count": rng.poisson(np.exp(eta))}
+    if exposure:
+        data["exposure"] = expo
+    return pl.DataFrame(data), {"beta0": beta0, "beta": np.asarray(betas[1:]), "s": s}
+
+
+def assert_recovered(result, truth, z=4.0):
+    summary = result.posterior_summary
+    for name, value in truth.items():
+        rows = summary.filter(pl.col("parameter") == name)
+        for row, true in zip(rows.iter_rows(named=True), np.atleast_1d(value)):
+            assert abs(row["mean"] - true) < z * row["sd"], f"{name}{row['variant'] or ''}: {row['mean']:.4f} ± {row['sd']:.4f}, true {true:.4f}"
+
+
+@pytest.mark.slow
+def test_latent_and_collapsed_agree_on_the_article_data(article_data):
+    sampler = SamplerConfig(num_chains=4, num_warmup=500, num_samples=1500, seed=7, progress_bar=False)
+    config = FitConfig(priors=Priors.from_preset("article"), sampler=sampler)
+    collapsed = fit(article_data, "CG", config).posterior_summary
+    latent = fit(article_data, "CG", config.with_(method="latent")).posterior_summary
+    for a, b in zip(collapsed.iter_rows(named=True), latent.iter_rows(named=True)):
+        assert a["parameter"] == b["parameter"]
+        sd = max(a["sd"], b["sd"])
+        assert abs(a["mean"] - b["mean"]) < 0.15 * sd, f"{a['parameter']}: {a['mean']:.4f} vs {b['mean']:.4f} (sd {sd:.4f})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mean, n_users", [(0.02, 60_000), (1.0, 4_000), (300.0, 2_000)])
+def test_parameter_recovery_across_count_scales_with_three_arms(mean, n_users, small_config):
+    data, truth = simulate(n_users, mean, [0.0, 0.15, -0.1], 0.6, seed=int(mean * 100) + 1)
+    result = fit(data, "v0", small_config)
+    assert_recovered(result, truth)
+    # the default prior centres itself on the data: the baseline is not pulled toward 1 conversion per user
+    control = result.lift.row(0, named=True)
+    assert control["expected_count_control_low"] < mean < control["expected_count_control_high"] * 1.5
+
+
+@pytest.mark.slow
+def test_parameter_recovery_with_exposure_offsets(small_config):
+    data, truth = simulate(5_000, 2.0, [0.0, 0.2], 0.4, seed=11, exposure=True)
+    result = fit(data, "v0", small_config)
+    assert_recovered(result, truth)
+    # ignoring exposure would inflate s: users differ by exposure, not just by taste
+    assert result.posterior_summary.filter(pl.col("parameter") == "s")["mean"][0] < 0.55
+
+
+def test_outputs_follow_the_schema_and_are_consistent(article_data, small_config, tmp_path):
+    result = fit(article_data, "CG", small_config.with_(plots_dir=str(tmp_path)))
+    for name, schema in SCHEMAS.items():
+        table = getattr(result, name)
+        assert dict(table.schema) == schema, name
+    assert result.posterior_summary["parameter"].to_list() == ["beta0", "beta", "s"]
+    assert result.posterior_summary["variant"].to_list() == [None, "TG", None]
+    lift = result.lift.row(0, named=True)
+    assert lift["variant"] == "TG" and lift["control_variant"] == "CG"
+    assert lift["n_users"] + lift["n_users_control"] == 200
+    assert lift["relative_lift_low"] < lift["relative_lift_median"] < lift["relative_lift_high"]
+    assert lift["decision"] == "ship"  # a 150% lift on 200 users is not subtle
+    diag = result.diagnostics.row(0, named=True)
+    assert diag["converged"] and diag["divergences"] == 0 and diag["n_users"] == 200
+    # predictive check: shares per arm sum to one, observed counts add up to the arm's users
+    for _, rows in result.predictive_check.group_by("variant"):
+        assert rows["observed_share"].sum() == pytest.approx(1.0)
+        assert rows["predicted_share_mean"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert result.predictive_check["observed_users"].sum() == 200
+    assert 0.01 < diag["ppc_p_value"] <= 1.0  # the model fits data from its own family
+    # per-user estimates: one row per cell, shrunk toward the arm mean, covering every user
+    est = result.user_estimates
+    assert est["n_users"].sum() == 200
+    assert (est["rate_low"] <= est["rate_mean"]).all() and (est["rate_mean"] <= est["rate_high"]).all()
+    by_user = result.user_estimates_by_user()
+    assert by_user.height == 200 and by_user["user_id"][0] == "u000"
+    assert by_user["cv_count"].to_list() == article_data["cv_count"].to_list()
+    for path in result.plots.values():
+        assert (tmp_path / path.split("/")[-1]).stat().st_size > 10_000
+
+
+def test_all_zero_arm_and_single_user_arm_still_fit(small_config):
+    data = pl.DataFrame(
+        {"variant": ["A"] * 50 + ["B"] * 50 + ["C"], "cv_count": list(np.arange(50) % 4) + [0] * 50 + [3]}
+    )
+    result = fit(data, "A", small_config.with_(decision=DecisionRules(min_ess=50, srm_p_value=0.0)))
+    lift = {r["variant"]: r for r in result.lift.iter_rows(named=True)}
+    assert lift["B"]["relative_lift_high"] < 0  # no conversions at all: clearly worse
+    assert lift["B"]["prob_beat_control"] < 0.05
+    assert lift["C"]["relative_lift_high"] - lift["C"]["relative_lift_low"] > 1.0  # one user: wide posterior
+    assert result.lift["relative_lift_mean"].is_finite().all()
+
+
+def test_sample_ratio_mismatch_makes_the_decision_invalid(small_config):
+    data, _ = simulate(3000, 2.0, [0.0, 0.5], 0.3, seed=5)
+    skewed = pl.concat([data.filter(pl.col("variant") == "v0"), data.filter(pl.col("variant") == "v1").head(900)])
+    result = fit(skewed, "v0", small_config)
+    row = result.lift.row(0, named=True)
+    assert row["prob_beat_control"] > 0.99
+    assert row["decision"] == "invalid" and "sample ratio mismatch" in row["decision_reason"]
+
+
+def test_same_seed_same_answer(article_data, small_config):
+    a = fit(article_data, "CG", small_config).posterior_summary
+    b = fit(article_data, "CG", small_config).posterior_summary
+    assert a.equals(b)

@@ -1,0 +1,78 @@
+"""The collapsed path's quadrature against scipy numerical integration."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, optimize, special
+
+from glmm_model import quadrature as q
+
+
+def scipy_log_marginal(y, eta, s):
+    """log ∫ Poisson(y | e^(eta+r)) N(r | 0, s) dr by adaptive quadrature (QUADPACK) around the mode."""
+    def log_f(r):
+        return y * (eta + r) - np.exp(eta + r) - special.gammaln(y + 1) - 0.5 * (r / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+
+    # Mode by bracketing root-finding on the derivative (independent of our Wright-omega solver).
+    d_log_f = lambda r: y - np.exp(eta + r) - r / s**2
+    mode = optimize.brentq(d_log_f, -50 * s**2 - 50, y * s**2 + 50, xtol=1e-14, rtol=1e-15, maxiter=500)
+    peak = log_f(mode)
+    width = 1.0 / np.sqrt(np.exp(eta + mode) + 1.0 / s**2)
+    breaks = [mode + k * width for k in (-30, -10, -3, -1, 0, 1, 3, 10)]
+    lo, hi = mode - 40 * max(width, s) - 1, mode + 40 * width + 1
+    value, _ = integrate.quad(lambda r: np.exp(log_f(r) - peak), lo, hi, points=breaks, limit=2000, epsabs=0, epsrel=1e-13)
+    return np.log(value) + peak
+
+
+def grid_points():
+    rng = np.random.default_rng(0)
+    corners = [(y, eta, s) for y in (0, 1, 2, 3, 9, 10, 10_000) for eta in (-5.0, 8.0) for s in (0.05, 3.0)]
+    random = zip(
+        np.concatenate([rng.integers(0, 30, 120), rng.integers(0, 10_001, 80)]),
+        rng.uniform(-5, 8, 200),
+        rng.uniform(0.05, 3, 200),
+    )
+    return corners + [(int(y), float(e), float(s)) for y, e, s in random]
+
+
+def test_log_marginal_matches_scipy_within_1e6():
+    points = grid_points()
+    y, eta, s = (np.array(v, dtype=float) for v in zip(*points))
+    ours = q.log_marginal_tiered(y, eta, s)
+    ref = np.array([scipy_log_marginal(*p) for p in points])
+    err = np.abs(ours - ref)
+    worst = int(err.argmax())
+    assert err.max() < 1e-6, f"worst at {points[worst]}: {ours[worst]} vs {ref[worst]}"
+
+
+def test_jax_and_numpy_backends_agree():
+    y = np.array([0.0, 1, 5, 40, 3000])
+    eta = np.array([-4.0, 0.5, 1.0, 3.0, 8.0])
+    s = np.array([2.5, 0.3, 1.0, 0.1, 0.7])
+    for n in (16, 128):
+        np.testing.assert_allclose(np.asarray(q.log_marginal(y, eta, s, n)), q.log_marginal(y, eta, s, n, xp=np), rtol=1e-12)
+
+
+def test_plain_gauss_hermite_would_be_wrong_at_large_counts():
+    """Why the quadrature is adaptive: nodes centred at 0 miss a spike far from it."""
+    y, eta, s = 5000.0, 2.0, 0.5
+    x, log_wx = q.hermite_rule(16)
+    r = np.sqrt(2) * s * x
+    plain = special.logsumexp(log_wx - x**2 + y * (eta + r) - np.exp(eta + r) - special.gammaln(y + 1)) - 0.5 * np.log(np.pi)
+    adaptive = q.log_marginal(y, eta, s, 16, xp=np)
+    assert abs(adaptive - scipy_log_marginal(y, eta, s)) < 1e-6
+    assert abs(plain - adaptive) > 1000
+
+
+def test_wright_omega_matches_scipy():
+    z = np.concatenate([np.linspace(-50, 5, 200), np.geomspace(5, 1e6, 100)])
+    np.testing.assert_allclose(q.wright_omega(z, xp=np), special.wrightomega(z).real, rtol=1e-13)
+
+
+@pytest.mark.parametrize("y,eta,s", [(0, -3.0, 2.0), (4, 1.0, 0.5), (700, 6.0, 0.2)])
+def test_gradient_matches_finite_differences(y, eta, s):
+    grad = jax.grad(lambda e, sd: q.log_marginal(jnp.float64(y), e, sd, 128), argnums=(0, 1))(eta, s)
+    h = 1e-5
+    d_eta = (scipy_log_marginal(y, eta + h, s) - scipy_log_marginal(y, eta - h, s)) / (2 * h)
+    d_s = (scipy_log_marginal(y, eta, s + h) - scipy_log_marginal(y, eta, s - h)) / (2 * h)
+    np.testing.assert_allclose([float(grad[0]), float(grad[1])], [d_eta, d_s], rtol=1e-5, atol=1e-6)
