@@ -40,12 +40,17 @@ class Priors:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """NUTS settings. Defaults are the article's: 4 chains x (500 warmup + 2000 draws)."""
+    """NUTS settings. Chains, warmup and draws default to the article's: 4 x (500 + 2000).
+
+    ``target_accept`` is 0.9 rather than NumPyro's 0.8: with sparse counts (0.02
+    per user) the posterior bends near s -> 0 and 0.8 left the odd divergent
+    transition, which labels a result 'invalid'; 0.9 removed them for ~5% more time.
+    """
 
     num_chains: int = 4
     num_warmup: int = 500
     num_samples: int = 2000
-    target_accept: float = 0.8
+    target_accept: float = 0.9
     max_tree_depth: int = 10
     seed: int = 42
     progress_bar: bool | None = None  # None: on when stderr is a terminal

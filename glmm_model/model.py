@@ -108,11 +108,23 @@ def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
 
 
 def fixed_effects(prior: PriorArrays):
-    """Sample beta0, beta (one per treatment arm) and s; return them with beta padded by the control's 0."""
-    beta0 = numpyro.sample("beta0", dist.Normal(prior.beta0_loc, prior.beta0_scale))
+    """Sample beta0, beta (one per treatment arm) and s; return them with beta padded by the control's 0.
+
+    The sampler moves in ``log_mean0 = beta0 + s²/2`` (the log of the control's
+    mean count) instead of beta0. Data pin down the mean, not beta0 and s apart,
+    so in (beta0, s) the posterior is a curved ridge beta0 = const - s²/2 on which
+    NUTS diverges when counts are sparse. The shear (beta0, s) -> (log_mean0, s)
+    has unit Jacobian and the prior stays on beta0 (the factor below swaps the
+    auxiliary Normal for it), so the model is unchanged: this is a
+    reparameterisation, not a new prior.
+    """
+    s = numpyro.sample("s", dist.Exponential(prior.s_rate))
+    beta0_prior = dist.Normal(prior.beta0_loc, prior.beta0_scale)
+    log_mean0 = numpyro.sample("log_mean0", beta0_prior)
+    beta0 = numpyro.deterministic("beta0", log_mean0 - 0.5 * s**2)
+    numpyro.factor("beta0_prior", beta0_prior.log_prob(beta0) - beta0_prior.log_prob(log_mean0))
     with numpyro.plate("treatments", prior.beta_scale.shape[0]):
         beta = numpyro.sample("beta", dist.Normal(0.0, prior.beta_scale))
-    s = numpyro.sample("s", dist.Exponential(prior.s_rate))
     beta_full = jnp.concatenate([jnp.zeros(1, beta.dtype), beta])
     return beta0, beta_full, s
 

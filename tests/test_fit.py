@@ -5,22 +5,8 @@ import pytest
 
 from glmm_model import DecisionRules, FitConfig, Priors, SamplerConfig, fit
 from glmm_model.schema import SCHEMAS
+from glmm_model.simulate import from_model as simulate
 
-from conftest import SMALL
-
-
-def simulate(n_users, mean, betas, s, seed, exposure=False):
-    """Users from the model itself: arm effects ``betas`` (control first, 0), lognormal-Poisson counts."""
-    rng = np.random.default_rng(seed)
-    k = len(betas)
-    arm = rng.integers(0, k, n_users)
-    beta0 = np.log(mean) - s**2 / 2
-    expo = rng.uniform(0.5, 3.0, n_users).round(1) if exposure else np.ones(n_users)
-    eta = beta0 + np.asarray(betas)[arm] + np.log(expo) + rng.normal(0, s, n_users)
-    data = {"variant": np.array([f"v{a}" for a in arm]), "cv_count": rng.poisson(np.exp(eta))}
-    if exposure:
-        data["exposure"] = expo
-    return pl.DataFrame(data), {"beta0": beta0, "beta": np.asarray(betas[1:]), "s": s}
 
 
 def assert_recovered(result, truth, z=4.0):
