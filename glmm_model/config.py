@@ -71,7 +71,7 @@ class DecisionRules:
     rope_half_width: float = 0.01  # relative lift: |exp(beta) - 1| < 1%
     rope_probability: float = 0.95
     max_r_hat: float = 1.01
-    min_ess: float = 400.0
+    min_ess_per_chain: float = 100.0  # Vehtari et al. (2021): 400 for 4 chains
     max_divergences: int = 0
     min_bfmi: float = 0.3
     srm_p_value: float = 0.001

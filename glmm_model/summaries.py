@@ -79,6 +79,7 @@ class Diagnostics:
     min_ess_tail: float
     min_bfmi: float
     srm_p_value: float
+    num_chains: int = 4
 
     def failures(self, rules: DecisionRules) -> list[str]:
         """Human-readable reasons the posterior cannot be trusted (empty when healthy)."""
@@ -87,8 +88,9 @@ class Diagnostics:
             out.append(f"{self.divergences} divergent transitions")
         if not self.max_r_hat <= rules.max_r_hat:
             out.append(f"max R-hat {self.max_r_hat:.3f} > {rules.max_r_hat}")
-        if not min(self.min_ess_bulk, self.min_ess_tail) >= rules.min_ess:
-            out.append(f"min ESS {min(self.min_ess_bulk, self.min_ess_tail):.0f} < {rules.min_ess:.0f}")
+        min_ess = rules.min_ess_per_chain * self.num_chains
+        if not min(self.min_ess_bulk, self.min_ess_tail) >= min_ess:
+            out.append(f"min ESS {min(self.min_ess_bulk, self.min_ess_tail):.0f} < {min_ess:.0f}")
         if not self.min_bfmi >= rules.min_bfmi:
             out.append(f"BFMI {self.min_bfmi:.2f} < {rules.min_bfmi}")
         if self.srm_p_value < rules.srm_p_value:
@@ -105,6 +107,7 @@ def sampler_diagnostics(idata: az.InferenceData, summary_rows: list[dict], srm_p
         min_ess_tail=float(np.nanmin([r["ess_tail"] for r in summary_rows])),
         min_bfmi=float(np.nanmin(bfmi)) if np.isfinite(bfmi).any() else float("nan"),
         srm_p_value=srm_p_value,
+        num_chains=int(idata.posterior.sizes["chain"]),
     )
 
 

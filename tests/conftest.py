@@ -44,5 +44,5 @@ def article_data() -> pl.DataFrame:
 
 @pytest.fixture
 def small_config() -> FitConfig:
-    # ESS and R-hat thresholds scaled to the small run so a healthy fit is not labelled invalid.
-    return FitConfig(sampler=SMALL, decision=DecisionRules(min_ess=100, max_r_hat=1.05))
+    # R-hat threshold relaxed for 2 x 400 draws, so a healthy small fit is not labelled invalid.
+    return FitConfig(sampler=SMALL, decision=DecisionRules(max_r_hat=1.05))

@@ -84,7 +84,7 @@ def test_all_zero_arm_and_single_user_arm_still_fit(small_config):
     data = pl.DataFrame(
         {"variant": ["A"] * 50 + ["B"] * 50 + ["C"], "cv_count": list(np.arange(50) % 4) + [0] * 50 + [3]}
     )
-    result = fit(data, "A", small_config.with_(decision=DecisionRules(min_ess=50, srm_p_value=0.0)))
+    result = fit(data, "A", small_config.with_(decision=DecisionRules(min_ess_per_chain=25, srm_p_value=0.0)))
     lift = {r["variant"]: r for r in result.lift.iter_rows(named=True)}
     assert lift["B"]["relative_lift_high"] < 0  # no conversions at all: clearly worse
     assert lift["B"]["prob_beat_control"] < 0.05

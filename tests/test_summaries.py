@@ -59,13 +59,13 @@ def test_decision_thresholds(prob_beat, prob_rope, expected):
 
 def test_diagnostic_failures_name_the_problem():
     rules = DecisionRules()
-    ok = Diagnostics(divergences=0, max_r_hat=1.001, min_ess_bulk=900, min_ess_tail=800, min_bfmi=0.9, srm_p_value=0.4)
+    ok = Diagnostics(divergences=0, max_r_hat=1.001, min_ess_bulk=900, min_ess_tail=800, min_bfmi=0.9, srm_p_value=0.4, num_chains=4)
     assert ok.failures(rules) == []
-    bad = Diagnostics(divergences=3, max_r_hat=1.2, min_ess_bulk=50, min_ess_tail=800, min_bfmi=0.1, srm_p_value=1e-6)
+    bad = Diagnostics(divergences=3, max_r_hat=1.2, min_ess_bulk=50, min_ess_tail=800, min_bfmi=0.1, srm_p_value=1e-6, num_chains=4)
     reasons = " | ".join(bad.failures(rules))
-    for word in ("3 divergent", "R-hat 1.200", "ESS 50", "BFMI 0.10", "sample ratio mismatch"):
+    for word in ("3 divergent", "R-hat 1.200", "ESS 50 < 400", "BFMI 0.10", "sample ratio mismatch"):
         assert word in reasons
-    nan = Diagnostics(divergences=0, max_r_hat=float("nan"), min_ess_bulk=900, min_ess_tail=900, min_bfmi=0.9, srm_p_value=0.5)
+    nan = Diagnostics(divergences=0, max_r_hat=float("nan"), min_ess_bulk=900, min_ess_tail=900, min_bfmi=0.9, srm_p_value=0.5, num_chains=4)
     assert nan.failures(rules), "a NaN R-hat must not pass"
 
 

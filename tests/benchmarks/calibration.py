@@ -22,7 +22,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from glmm_model import DecisionRules, FitConfig, SamplerConfig, fit  # noqa: E402
+from glmm_model import FitConfig, SamplerConfig, fit  # noqa: E402
 from glmm_model.sampling import enable_compilation_cache  # noqa: E402
 from glmm_model.simulate import from_model  # noqa: E402
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     enable_compilation_cache()
     sampler = SamplerConfig(num_chains=2, num_warmup=500, num_samples=1000, progress_bar=False)
-    config = FitConfig(sampler=sampler, decision=DecisionRules(min_ess=200))
+    config = FitConfig(sampler=sampler)
     rows, started = [], time.perf_counter()
     for scale, n_users in SCALES:
         rng = np.random.default_rng(int(scale * 1000) + 17)

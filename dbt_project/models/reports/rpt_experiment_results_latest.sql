@@ -1,0 +1,96 @@
+{#- The latest successful run's lift per experiment x metric x variant, with the
+    experiment's metadata and the fit's diagnostics: what a dashboard shows. -#}
+with
+
+runs as (
+
+    select * from {{ source('glmm', 'runs') }}
+    where status = 'succeeded'
+
+),
+
+lift as (
+
+    select * from {{ source('glmm', 'lift') }}
+
+),
+
+diagnostics as (
+
+    select * from {{ source('glmm', 'diagnostics') }}
+
+),
+
+experiments as (
+
+    select * from {{ ref('stg_experiments') }}
+
+),
+
+lift_with_run as (
+
+    select
+        lift.*,
+        runs.as_of,
+        runs.finished_at,
+        row_number() over (
+            partition by lift.experiment_id, lift.metric_id, lift.variant
+            order by runs.finished_at desc, runs.run_id desc
+        ) as recency
+    from lift
+    inner join runs on runs.run_id = lift.run_id
+
+),
+
+final as (
+
+    select
+        latest.experiment_id,
+        latest.metric_id,
+        latest.variant,
+        latest.control_variant,
+        experiments.start_at as experiment_start_at,
+        experiments.end_at as experiment_end_at,
+        latest.run_id,
+        latest.as_of,
+        latest.finished_at,
+        latest.n_users,
+        latest.n_users_control,
+        latest.observed_mean,
+        latest.observed_mean_control,
+        latest.expected_count_mean,
+        latest.expected_count_low,
+        latest.expected_count_high,
+        latest.expected_count_control_mean,
+        latest.expected_count_control_low,
+        latest.expected_count_control_high,
+        latest.relative_lift_mean,
+        latest.relative_lift_median,
+        latest.relative_lift_low,
+        latest.relative_lift_high,
+        latest.absolute_lift_mean,
+        latest.absolute_lift_low,
+        latest.absolute_lift_high,
+        latest.prob_beat_control,
+        latest.expected_loss_ship,
+        latest.expected_loss_keep,
+        latest.prob_in_rope,
+        latest.decision,
+        latest.decision_reason,
+        diagnostics.converged,
+        diagnostics.divergences,
+        diagnostics.max_r_hat,
+        diagnostics.min_ess_bulk,
+        diagnostics.srm_p_value,
+        diagnostics.ppc_p_value
+    from lift_with_run as latest
+    left join experiments on experiments.experiment_id = latest.experiment_id
+    left join diagnostics
+        on diagnostics.run_id = latest.run_id
+       and diagnostics.experiment_id = latest.experiment_id
+       and diagnostics.metric_id = latest.metric_id
+    where latest.recency = 1
+
+)
+
+select * from final

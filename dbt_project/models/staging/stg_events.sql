@@ -1,0 +1,39 @@
+{#- Delivery retries repeat an event_id: keep its earliest occurrence once. -#}
+with
+
+source as (
+
+    select * from {{ source('raw', 'events') }}
+
+),
+
+typed as (
+
+    select
+        cast(event_id as {{ dbt.type_string() }}) as event_id,
+        cast(user_id as {{ dbt.type_string() }}) as user_id,
+        cast(event_name as {{ dbt.type_string() }}) as event_name,
+        cast(event_at as {{ dbt.type_timestamp() }}) as event_at
+    from source
+    where event_id is not null
+
+),
+
+ranked as (
+
+    select
+        *,
+        row_number() over (partition by event_id order by event_at, user_id, event_name) as occurrence
+    from typed
+
+),
+
+deduplicated as (
+
+    select event_id, user_id, event_name, event_at
+    from ranked
+    where occurrence = 1
+
+)
+
+select * from deduplicated

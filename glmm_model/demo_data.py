@@ -1,0 +1,88 @@
+"""Synthetic raw logs for ``glmm-ab demo``, following the raw contract.
+
+Three experiments (one with three arms) and two metrics. Per-user counts follow
+the source article's data-generating process, NegBin(n=10, p=1/(1+intensity)),
+with intensity = base x (1 + lift) per arm; event times are spread over the
+user's window, over several weeks. A few dirty rows, as real logs have:
+repeated event deliveries (same event_id), users exposed to two variants, and
+events before the user's first exposure (which must not count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from .simulate import article_counts
+
+
+@dataclass(frozen=True)
+class DemoExperiment:
+    experiment_id: str
+    control: str
+    lifts: dict[str, float]  # arm -> relative change of intensity (control 0)
+    users: int
+    start_days_ago: int
+    length_days: int | None  # None: still running
+
+
+EXPERIMENTS = (
+    DemoExperiment("checkout_button", "control", {"control": 0.0, "treatment": 0.25}, 400, 35, 28),
+    DemoExperiment("onboarding_flow", "control", {"control": 0.0, "short_form": 0.15, "video_intro": -0.10}, 600, 21, None),
+    DemoExperiment("pricing_copy", "old_copy", {"old_copy": 0.0, "new_copy": 0.0}, 300, 14, None),
+)
+METRICS = {"purchases": ("purchase", 0.3), "add_to_cart": ("add_to_cart", 1.0)}  # event name, base intensity
+
+
+def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]:
+    """The four raw tables as polars frames, anchored ``now`` (midnight today by default)."""
+    rng = np.random.default_rng(seed)
+    now = now or datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    experiments, assignments, events = [], [], []
+    event_seq = 0
+    for exp in EXPERIMENTS:
+        start = now - timedelta(days=exp.start_days_ago)
+        end = start + timedelta(days=exp.length_days) if exp.length_days else None
+        window_end = min(end, now) if end else now
+        experiments.append((exp.experiment_id, exp.control, start, end))
+        arms = list(exp.lifts)
+        arm_of_user = rng.integers(0, len(arms), exp.users)
+        # first exposures over the first two thirds of the window, so every user has time to convert
+        span = (window_end - start).total_seconds() * 2 / 3
+        first_seen = [start + timedelta(seconds=float(x)) for x in rng.uniform(0, span, exp.users)]
+        for i in range(exp.users):
+            user = f"{exp.experiment_id}_u{i:05d}"
+            variant = arms[arm_of_user[i]]
+            assignments.append((exp.experiment_id, user, variant, first_seen[i]))
+            for _ in range(rng.poisson(1.0)):  # repeat exposures, same variant
+                later = first_seen[i] + timedelta(hours=float(rng.uniform(1, 72)))
+                if later < window_end:
+                    assignments.append((exp.experiment_id, user, variant, later))
+            window = (window_end - first_seen[i]).total_seconds()
+            for metric, (event_name, base) in METRICS.items():
+                intensity = base * (1.0 + exp.lifts[variant])
+                (n,) = article_counts(rng, 1, intensity - 1.0)
+                for t in rng.uniform(0, window, n):
+                    event_seq += 1
+                    events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] + timedelta(seconds=float(t))))
+                if rng.random() < 0.1:  # an event before exposure: must not count
+                    event_seq += 1
+                    events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] - timedelta(hours=2)))
+        # two users who also saw another variant: excluded as assignment conflicts
+        for i in range(2):
+            user = f"{exp.experiment_id}_u{i:05d}"
+            other = arms[(arm_of_user[i] + 1) % len(arms)]
+            assignments.append((exp.experiment_id, user, other, first_seen[i] + timedelta(hours=5)))
+    # repeated deliveries of 2% of events (same event_id, a few seconds later)
+    repeats = rng.choice(len(events), size=len(events) // 50, replace=False)
+    events += [(e[0], e[1], e[2], e[3] + timedelta(seconds=3)) for e in (events[k] for k in repeats)]
+
+    ts = pl.Datetime("us")
+    return {
+        "experiments": pl.DataFrame(experiments, schema={"experiment_id": pl.String, "control_variant": pl.String, "start_at": ts, "end_at": ts}, orient="row"),
+        "metrics": pl.DataFrame([(m, e) for m, (e, _) in METRICS.items()], schema={"metric_id": pl.String, "event_name": pl.String}, orient="row"),
+        "assignments": pl.DataFrame(assignments, schema={"experiment_id": pl.String, "user_id": pl.String, "variant": pl.String, "assigned_at": ts}, orient="row"),
+        "events": pl.DataFrame(events, schema={"event_id": pl.String, "user_id": pl.String, "event_name": pl.String, "event_at": ts}, orient="row"),
+    }

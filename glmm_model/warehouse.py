@@ -1,0 +1,204 @@
+"""DuckDB I/O: the raw contract, the glmm.* result tables, loading histograms, writing a run.
+
+Statistics never import this module; the flow (``flows/nightly.py``) is the only
+place that uses both. Result-table columns come from :mod:`glmm_model.schema`, so
+the engine's tables and the warehouse's cannot drift apart.
+
+Every write of a run happens in one transaction: a run's results appear whole or
+not at all, and earlier runs are never touched.
+"""
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from .schema import SCHEMAS
+
+RESULT_SCHEMA = "glmm"
+_SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
+_KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+RAW_DDL = {
+    "experiments": "experiment_id VARCHAR, control_variant VARCHAR, start_at TIMESTAMP, end_at TIMESTAMP",
+    "metrics": "metric_id VARCHAR, event_name VARCHAR",
+    "assignments": "experiment_id VARCHAR, user_id VARCHAR, variant VARCHAR, assigned_at TIMESTAMP",
+    "events": "event_id VARCHAR, user_id VARCHAR, event_name VARCHAR, event_at TIMESTAMP",
+}
+
+RUNS_DDL = (
+    "run_id VARCHAR PRIMARY KEY, as_of TIMESTAMP NOT NULL, started_at TIMESTAMP NOT NULL, "
+    "finished_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, package_version VARCHAR NOT NULL, "
+    "config JSON NOT NULL, message VARCHAR"
+)
+FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be used as asked (missing file, missing raw tables, lock)."""
+
+
+def identifier(name: str) -> str:
+    """Validate a schema/table name that reaches SQL text; raise on anything unusual."""
+    if not _IDENTIFIER.match(name):
+        raise WarehouseError(f"invalid SQL identifier {name!r}: letters, digits and _ only")
+    return name
+
+
+def result_table_ddl(table: str) -> str:
+    columns = ", ".join(f"{name} {_SQL_TYPES[dtype]}" for name, dtype in SCHEMAS[table].items())
+    return f"{_KEY_COLUMNS}, {columns}"
+
+
+@contextmanager
+def connect(path: str | Path, read_only: bool = False):
+    """A DuckDB connection, closed on exit (dbt must not meet an open writer)."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(f"warehouse file not found: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def query(con, sql: str, params: list | None = None) -> pl.DataFrame:
+    """Run a query with bound parameters; rows come back through Arrow as polars."""
+    return pl.from_arrow(con.execute(sql, params or []).fetch_arrow_table())
+
+
+def create_raw_tables(con) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    for table, ddl in RAW_DDL.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS raw.{table} ({ddl})")
+
+
+def check_raw_contract(con) -> None:
+    """Raise WarehouseError naming any raw table or column the contract needs and the warehouse lacks."""
+    have = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'raw'"
+    ).fetchall()
+    columns: dict[str, set[str]] = {}
+    for table, column in have:
+        columns.setdefault(table, set()).add(column)
+    problems = []
+    for table, ddl in RAW_DDL.items():
+        needed = [part.split()[0] for part in ddl.split(", ")]
+        if table not in columns:
+            problems.append(f"raw.{table} is missing")
+            continue
+        missing = [c for c in needed if c not in columns[table]]
+        if missing:
+            problems.append(f"raw.{table} lacks column(s) {', '.join(missing)}")
+    if problems:
+        raise WarehouseError("the warehouse does not follow the raw contract: " + "; ".join(problems))
+
+
+def create_result_tables(con) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {RESULT_SCHEMA}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.runs ({RUNS_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.fit_failures ({FIT_FAILURES_DDL})")
+    for table in SCHEMAS:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.{table} ({result_table_ddl(table)})")
+
+
+def list_pairs(con) -> pl.DataFrame:
+    """Experiment x metric pairs to analyse, with each experiment's control variant."""
+    return query(
+        con,
+        """
+        SELECT h.experiment_id, h.metric_id, e.control_variant
+        FROM (SELECT DISTINCT experiment_id, metric_id FROM main.fct_cv_count_histogram) AS h
+        JOIN main.stg_experiments AS e USING (experiment_id)
+        ORDER BY h.experiment_id, h.metric_id
+        """,
+    )
+
+
+def load_histogram(con, experiment_id: str, metric_id: str, use_exposure: bool) -> pl.DataFrame:
+    """The pair's histogram as the engine reads it (variant, cv_count[, exposure], n_users)."""
+    if use_exposure:
+        sql = """
+            SELECT variant, cv_count, CAST(exposure_days_cell AS DOUBLE) AS exposure, n_users
+            FROM main.fct_cv_count_histogram WHERE experiment_id = ? AND metric_id = ?
+        """
+    else:
+        sql = """
+            SELECT variant, cv_count, CAST(SUM(n_users) AS BIGINT) AS n_users
+            FROM main.fct_cv_count_histogram WHERE experiment_id = ? AND metric_id = ?
+            GROUP BY variant, cv_count
+        """
+    return query(con, sql, [experiment_id, metric_id])
+
+
+def _runs_row(run_id, as_of, started_at, status, version, config, message) -> list:
+    return [run_id, as_of, started_at, datetime.now(), status, version, json.dumps(config, default=str), message]
+
+
+def write_run(con, run_id: str, as_of: datetime, started_at: datetime, version: str, config: dict,
+              results: dict[str, pl.DataFrame], failures: pl.DataFrame, message: str | None) -> None:
+    """Append one successful run: the runs row and every result table, in ONE transaction.
+
+    ``results`` maps table name -> frame with experiment_id, metric_id and the engine's
+    columns. On any error the transaction rolls back and nothing of the run remains.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, frame in results.items():
+            if table not in SCHEMAS:
+                raise WarehouseError(f"unknown result table {table!r}")
+            if frame.height == 0:
+                continue
+            staged = frame.with_columns(pl.lit(run_id).alias("run_id")).to_arrow()
+            con.register("staged_rows", staged)
+            con.execute(f"INSERT INTO {RESULT_SCHEMA}.{table} BY NAME SELECT * FROM staged_rows")
+            con.unregister("staged_rows")
+        if failures.height:
+            con.register("staged_rows", failures.with_columns(pl.lit(run_id).alias("run_id")).to_arrow())
+            con.execute(f"INSERT INTO {RESULT_SCHEMA}.fit_failures BY NAME SELECT * FROM staged_rows")
+            con.unregister("staged_rows")
+        con.execute(
+            f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _runs_row(run_id, as_of, started_at, "succeeded", version, config, message),
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def record_failed_run(con, run_id, as_of, started_at, version, config, message) -> None:
+    """A failed run leaves one glmm.runs row with its reason and nothing else."""
+    con.execute(
+        f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _runs_row(run_id, as_of, started_at, "failed", version, config, message),
+    )
+
+
+def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
+    """Replace the contents of raw tables with the given frames, in one transaction."""
+    create_raw_tables(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, frame in tables.items():
+            if table not in RAW_DDL:
+                raise WarehouseError(f"unknown raw table {table!r}")
+            con.execute(f"DELETE FROM raw.{table}")
+            con.register("staged_rows", frame.to_arrow())
+            con.execute(f"INSERT INTO raw.{table} BY NAME SELECT * FROM staged_rows")
+            con.unregister("staged_rows")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
