@@ -5,8 +5,9 @@
 
 INPUT is CSV or Parquet with ``variant``, ``cv_count`` and optionally ``exposure``,
 ``user_id`` (one row per user) or ``n_users`` (rows already counted). Bad input
-exits with code 2 and writes nothing. Pipeline commands (``demo``, ``run``) are
-added by :mod:`flows.cli` when the pipeline extra is installed.
+exits with code 2 and writes nothing. The installed ``glmm-ab`` command is
+:mod:`flows.cli`, which adds the pipeline's ``demo`` and ``run`` to this parser;
+this module alone (``python -m glmm_model.cli``) needs neither Prefect nor dbt.
 """
 from __future__ import annotations
 
@@ -128,12 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots-dir", default=None, help="write trace, user_predictive and rate_density PNGs here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=cmd_fit)
-    try:
-        from flows.cli import add_pipeline_commands
-    except ImportError:
-        pass
-    else:
-        add_pipeline_commands(sub)
     return parser
 
 

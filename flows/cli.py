@@ -1,0 +1,143 @@
+"""The ``glmm-ab`` entry point: the engine's ``fit`` plus the pipeline's ``demo`` and ``run``.
+
+    glmm-ab demo [--warehouse PATH] [--force]
+    glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [--method ...] [--exposure] [--plots-dir DIR]
+
+Exit codes of ``run`` and ``demo``: 0 when the run succeeded, 1 when it failed
+(its reason is recorded in glmm.runs), 3 when it succeeded but some experiment x
+metric pairs could not be fitted (recorded in glmm.fit_failures), 2 for bad
+arguments or a warehouse that cannot be used.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from glmm_model.cli import CliError, EXIT_BAD_INPUT, build_parser
+
+EXIT_FAILED, EXIT_PARTIAL = 1, 3
+DEMO_WAREHOUSE = "warehouse/demo.duckdb"
+
+
+def default_warehouse() -> str:
+    return os.environ.get("GLMM_AB_WAREHOUSE", "warehouse/glmm_ab.duckdb")
+
+
+def _prefect_environment() -> None:
+    # The ephemeral Prefect API can take ~20 s to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"--as-of must be an ISO timestamp such as 2026-11-24T03:00:00, got {text!r}") from exc
+
+
+def print_lift(report, out=sys.stdout) -> None:
+    print(f"\nRun {report.run_id} ({report.status}) as of {report.as_of:%Y-%m-%d %H:%M}", file=out)
+    header = f"{'experiment':<18} {'metric':<12} {'variant (vs control)':<28} {'users':>11}  {'relative lift [95% CI]':<26} {'P(beat)':>7}  decision"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in report.lift.iter_rows(named=True):
+        arms = f"{r['variant']} (vs {r['control_variant']})"
+        users = f"{r['n_users']}/{r['n_users_control']}"
+        lift = f"{r['relative_lift_mean']:+6.1%} [{r['relative_lift_low']:+6.1%}, {r['relative_lift_high']:+6.1%}]"
+        print(f"{r['experiment_id']:<18} {r['metric_id']:<12} {arms:<28} {users:>11}  {lift:<26} {r['prob_beat_control']:>7.3f}  {r['decision']}", file=out)
+    for r in report.failures.iter_rows(named=True):
+        print(f"not fitted: {r['experiment_id']} x {r['metric_id']}: {r['error']}", file=out)
+    if report.message:
+        print(report.message, file=out)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
+    print(f"seconds per stage: {stages}", file=out)
+
+
+def _run_flow(args, warehouse: str) -> int:
+    _prefect_environment()
+    from glmm_model.warehouse import WarehouseError
+
+    from .nightly import nightly
+
+    try:
+        report = nightly(
+            warehouse=warehouse, as_of=parse_as_of(getattr(args, "as_of", None)), method=args.method,
+            priors=args.priors, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
+            seed=args.seed, use_exposure=args.exposure, plots_dir=args.plots_dir,
+        )
+    except WarehouseError as exc:
+        print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # the flow recorded the failure in glmm.runs; say so plainly
+        print(f"glmm-ab: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_lift(report)
+    return EXIT_PARTIAL if report.failures.height else 0
+
+
+def cmd_run(args) -> int:
+    warehouse = args.warehouse or default_warehouse()
+    if not Path(warehouse).is_file():
+        raise CliError(f"warehouse file not found: {warehouse} (create it with 'glmm-ab demo' or point --warehouse at yours)")
+    return _run_flow(args, warehouse)
+
+
+def cmd_demo(args) -> int:
+    from glmm_model import demo_data
+    from glmm_model import warehouse as wh
+
+    warehouse = Path(args.warehouse or DEMO_WAREHOUSE)
+    if warehouse.exists():
+        if args.warehouse and not args.force:
+            raise CliError(f"{warehouse} exists; the demo would replace its raw tables. Pass --force, or pick another path")
+        warehouse.unlink()
+        Path(f"{warehouse}.wal").unlink(missing_ok=True)
+    tables = demo_data.build()
+    with wh.connect(warehouse) as con:
+        wh.load_raw(con, tables)
+    print(f"demo warehouse {warehouse}: " + ", ".join(f"raw.{k} {v.height} rows" for k, v in tables.items()))
+    code = _run_flow(args, str(warehouse))
+    if code in (0, EXIT_PARTIAL):
+        print(f"\nQuery the results:  duckdb {warehouse} -c 'SELECT * FROM rpt_experiment_results_latest'")
+        print(f"  or in Python:      duckdb.connect('{warehouse}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
+    return code
+
+
+def _add_run_options(p) -> None:
+    p.add_argument("--method", choices=["collapsed", "latent"], default="collapsed")
+    p.add_argument("--priors", choices=["default", "article"], default="default")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--exposure", action="store_true", help="use exposure days as a log offset (rates per day)")
+    p.add_argument("--plots-dir", default=None, help="write each pair's three pictures under DIR/<run_id>/")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    p = sub.add_parser("demo", help="create a demo warehouse of synthetic raw logs and run the nightly flow on it")
+    p.add_argument("--warehouse", default=None, help=f"DuckDB file to create (default {DEMO_WAREHOUSE})")
+    p.add_argument("--force", action="store_true", help="replace an existing --warehouse file")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("run", help="run the nightly flow once against a warehouse that follows the raw contract")
+    p.add_argument("--warehouse", default=None, help="DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb)")
+    p.add_argument("--as-of", default=None, help="count conversions up to this time (ISO timestamp, UTC); default now")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"glmm-ab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

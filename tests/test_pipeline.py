@@ -1,0 +1,187 @@
+"""The warehouse pipeline end to end, on real components: a DuckDB file, dbt, the Prefect flow."""
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from glmm_model import demo_data
+from glmm_model import warehouse as wh
+from glmm_model.schema import SCHEMAS
+
+SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
+EXE = str(Path(sys.executable).with_name("glmm-ab"))
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def nightly(harness):
+    from flows.nightly import nightly
+
+    return nightly
+
+
+def make_demo(path: Path) -> Path:
+    with wh.connect(path) as con:
+        wh.load_raw(con, demo_data.build())
+    return path
+
+
+def sql(path, query, params=None):
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return pl.from_arrow(con.execute(query, params or []).fetch_arrow_table())
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, nightly):
+    """One demo warehouse and two runs of the flow on it; later tests read it."""
+    path = make_demo(tmp_path_factory.mktemp("wh") / "demo.duckdb")
+    first = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
+    second = nightly(warehouse=str(path), **SMALL_FLOW)
+    return path, first, second
+
+
+def test_demo_run_writes_every_result_table_with_its_types(demo_run):
+    path, first, _ = demo_run
+    assert first.status == "succeeded" and first.failures.height == 0
+    pairs = sql(path, "SELECT DISTINCT experiment_id, metric_id FROM glmm.lift WHERE run_id = ?", [first.run_id])
+    assert pairs.height == 6  # 3 experiments x 2 metrics
+    lift = sql(path, "SELECT * FROM glmm.lift WHERE run_id = ?", [first.run_id])
+    assert lift.height == 8  # one row per treatment arm: 1 + 2 + 1 arms, for 2 metrics
+    assert set(lift["decision"]) <= {"ship", "keep_control", "inconclusive", "invalid"}
+    for table, schema in SCHEMAS.items():
+        types = dict(sql(path, "SELECT column_name, data_type FROM information_schema.columns "
+                                "WHERE table_schema = 'glmm' AND table_name = ?", [table]).iter_rows())
+        assert list(types)[:3] == ["run_id", "experiment_id", "metric_id"]
+        expected = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
+        assert {k: types[k] for k in schema} == {k: expected[v] for k, v in schema.items()}, table
+        n = sql(path, f"SELECT count(*) AS n FROM glmm.{table} WHERE run_id = ?", [first.run_id])["n"][0]
+        assert n > 0, table
+    run = sql(path, "SELECT * FROM glmm.runs WHERE run_id = ?", [first.run_id]).row(0, named=True)
+    assert run["status"] == "succeeded" and run["package_version"] and '"num_chains": 2' in run["config"]
+    assert run["started_at"] <= run["finished_at"]
+    # the three pictures of every pair
+    assert len(first.plots) == 6
+    assert all(Path(p).stat().st_size > 10_000 for paths in first.plots.values() for p in paths.values())
+
+
+def test_dirty_rows_are_handled_by_the_models(demo_run):
+    path, first, _ = demo_run
+    conflicts = sql(path, "SELECT * FROM dq_assignment_conflicts")
+    assert conflicts.height == 6  # two per experiment, as the demo plants them
+    excluded = sql(path, "SELECT count(*) AS n FROM fct_user_cv_counts f JOIN dq_assignment_conflicts c USING (experiment_id, user_id)")
+    assert excluded["n"][0] == 0
+    # every metric for every exposed, conflict-free user; zeros included
+    counts = sql(path, "SELECT experiment_id, count(*) AS n, min(cv_count) AS lo FROM fct_user_cv_counts GROUP BY ALL ORDER BY 1")
+    assert counts["n"].to_list() == [2 * 398, 2 * 598, 2 * 298]
+    # the histogram holds exactly the users of fct_user_cv_counts
+    assert sql(path, "SELECT sum(n_users) AS n FROM fct_cv_count_histogram")["n"][0] == counts["n"].sum()
+
+
+def test_second_run_adds_a_run_and_latest_picks_it(demo_run):
+    path, first, second = demo_run
+    assert first.run_id != second.run_id
+    runs = sql(path, "SELECT run_id, status FROM glmm.runs ORDER BY finished_at")
+    assert runs["run_id"].to_list()[-2:] == [first.run_id, second.run_id]
+    latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
+    assert latest["run_id"].to_list() == [second.run_id]
+    history = sql(path, "SELECT run_id, count(*) AS n FROM rpt_lift_history GROUP BY run_id ORDER BY run_id")
+    assert history["n"].to_list() == [8, 8]
+
+
+def test_results_read_with_plain_sql_as_a_bi_tool_would(demo_run):
+    path, _, second = demo_run
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(
+            """
+            SELECT experiment_id, metric_id, variant, relative_lift_mean, relative_lift_low,
+                   relative_lift_high, prob_beat_control, decision, experiment_start_at, srm_p_value
+            FROM rpt_experiment_results_latest
+            WHERE experiment_id = 'onboarding_flow' AND metric_id = 'purchases'
+            ORDER BY variant
+            """
+        ).fetchall()
+        assert [r[2] for r in rows] == ["short_form", "video_intro"]
+        for r in rows:
+            assert r[4] < r[3] < r[5] and 0 <= r[6] <= 1 and isinstance(r[8], datetime) and r[9] is not None
+        trend = con.execute(
+            "SELECT as_of, prob_beat_control FROM rpt_lift_history WHERE experiment_id = 'checkout_button' "
+            "AND metric_id = 'purchases' ORDER BY as_of"
+        ).fetchall()
+        assert len(trend) == 2
+    finally:
+        con.close()
+
+
+def test_failing_dbt_test_stops_the_run_before_any_write(demo_run, nightly, tmp_path):
+    # same file name: dbt-duckdb's views name their catalog after the file's stem
+    path = tmp_path / demo_run[0].name
+    path.write_bytes(demo_run[0].read_bytes())
+    before = {t: sql(path, f"SELECT count(*) AS n FROM glmm.{t}")["n"][0] for t in SCHEMAS}
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO raw.experiments SELECT * FROM raw.experiments LIMIT 1")  # duplicate experiment_id
+    con.close()
+    with pytest.raises(Exception, match="unique"):
+        nightly(warehouse=str(path), **SMALL_FLOW)
+    after = {t: sql(path, f"SELECT count(*) AS n FROM glmm.{t}")["n"][0] for t in SCHEMAS}
+    assert after == before
+    failed = sql(path, "SELECT status, message FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
+    assert failed["status"] == "failed" and "unique" in failed["message"]
+    # earlier results still there and the latest view still answers from them
+    assert sql(path, "SELECT count(*) AS n FROM rpt_experiment_results_latest")["n"][0] == 8
+
+
+def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
+    """What a user does: create raw.* themselves and point the job at it. One experiment has a single arm."""
+    path = tmp_path / "mine.duckdb"
+    t0 = datetime(2026, 10, 1)
+    con = duckdb.connect(str(path))
+    wh.create_raw_tables(con)
+    con.execute("INSERT INTO raw.experiments VALUES ('exp1', 'A', ?, NULL), ('lonely', 'A', ?, NULL)", [t0, t0])
+    con.execute("INSERT INTO raw.metrics VALUES ('signups', 'signup')")
+    assignments = [("exp1", f"u{i}", "AB"[i % 2], t0 + timedelta(hours=i)) for i in range(120)]
+    assignments += [("lonely", f"v{i}", "A", t0 + timedelta(hours=i)) for i in range(10)]
+    con.executemany("INSERT INTO raw.assignments VALUES (?, ?, ?, ?)", assignments)
+    events = [(f"e{i}_{k}", f"u{i}", "signup", t0 + timedelta(days=1, hours=i, minutes=k)) for i in range(120) for k in range(i % 4 + (i % 2))]
+    con.executemany("INSERT INTO raw.events VALUES (?, ?, ?, ?)", events)
+    con.close()
+    report = nightly(warehouse=str(path), as_of=datetime(2026, 11, 1), **SMALL_FLOW)
+    assert report.status == "succeeded"
+    assert report.lift["experiment_id"].to_list() == ["exp1"]
+    assert report.failures.row(0, named=True)["experiment_id"] == "lonely"
+    assert "only one arm" in report.failures["error"][0]
+    stored = sql(path, "SELECT * FROM glmm.fit_failures")
+    assert stored.height == 1 and stored["run_id"][0] == report.run_id
+    row = sql(path, "SELECT * FROM rpt_experiment_results_latest").row(0, named=True)
+    assert row["n_users"] + row["n_users_control"] == 120
+
+
+def test_cli_run_exit_codes(tmp_path):
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    missing = subprocess.run([EXE, "run", "--warehouse", str(tmp_path / "none.duckdb")], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "warehouse file not found" in missing.stderr
+    bad_time = subprocess.run([EXE, "run", "--warehouse", str(tmp_path / "none.duckdb"), "--as-of", "yesterday"], capture_output=True, text=True, env=env)
+    assert bad_time.returncode == 2
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    broken = subprocess.run([EXE, "run", "--warehouse", str(empty), "--chains", "1", "--warmup", "50", "--samples", "50"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert broken.returncode == 1
+    assert "raw contract" in broken.stderr and "raw.experiments is missing" in broken.stderr
+    run = sql(empty, "SELECT status, message FROM glmm.runs").row(0, named=True)
+    assert run["status"] == "failed" and "raw contract" in run["message"]
