@@ -49,3 +49,111 @@ def frame(table: str, rows: list[dict]) -> pl.DataFrame:
         if set(row) != set(schema):
             raise KeyError(f"{table}: row columns {sorted(set(row) ^ set(schema))} differ from the schema")
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+KEY_DOCS = {
+    "run_id": "The nightly run that wrote the row (glmm.runs.run_id).",
+    "experiment_id": "Experiment key (raw.experiments).",
+    "metric_id": "Metric key (raw.metrics).",
+}
+
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "posterior_summary": {
+        "parameter": "'beta0' (control log-rate), 'beta' (treatment effect on the log scale) or 's' (sd of the per-user random intercept).",
+        "variant": "Treatment variant for 'beta' rows; NULL for 'beta0' and 's'.",
+        "mean": "Posterior mean.",
+        "sd": "Posterior standard deviation.",
+        "median": "Posterior median.",
+        "ci_low": "Lower end of the equal-tailed credible interval (default 95%).",
+        "ci_high": "Upper end of the equal-tailed credible interval.",
+        "mcse_mean": "Monte Carlo standard error of the mean.",
+        "ess_bulk": "Bulk effective sample size (ArviZ, rank-normalised).",
+        "ess_tail": "Tail effective sample size.",
+        "r_hat": "Rank-normalised split R-hat (1.00 is ideal; above 1.01 fails).",
+    },
+    "lift": {
+        "variant": "Treatment variant.",
+        "control_variant": "Control variant it is compared with.",
+        "n_users": "Users in the treatment arm.",
+        "n_users_control": "Users in the control arm.",
+        "observed_mean": "Observed mean count per user in the treatment arm.",
+        "observed_mean_control": "Observed mean count per user in the control arm.",
+        "expected_count_mean": "Posterior mean of exp(beta0 + beta + s²/2): expected count per user (per unit exposure) in the treatment arm.",
+        "expected_count_low": "Lower end of its credible interval.",
+        "expected_count_high": "Upper end of its credible interval.",
+        "expected_count_control_mean": "Posterior mean of exp(beta0 + s²/2): expected count per user in the control arm.",
+        "expected_count_control_low": "Lower end of its credible interval.",
+        "expected_count_control_high": "Upper end of its credible interval.",
+        "relative_lift_mean": "Posterior mean of exp(beta) - 1, the ratio of arm means minus one.",
+        "relative_lift_median": "Posterior median of the relative lift.",
+        "relative_lift_low": "Lower end of the relative lift's credible interval.",
+        "relative_lift_high": "Upper end of the relative lift's credible interval.",
+        "absolute_lift_mean": "Posterior mean of expected count (treatment) - expected count (control).",
+        "absolute_lift_low": "Lower end of its credible interval.",
+        "absolute_lift_high": "Upper end of its credible interval.",
+        "prob_beat_control": "P(relative lift > 0): chance to beat control.",
+        "expected_loss_ship": "E[max(0, -lift)]: relative lift expected to be lost by shipping a worse treatment.",
+        "expected_loss_keep": "E[max(0, lift)]: relative lift expected to be forgone by keeping the control.",
+        "prob_in_rope": "P(|lift| < ROPE half-width, default 1%): chance the difference is practically zero.",
+        "decision": "'ship', 'keep_control', 'inconclusive', or 'invalid' (diagnostics or sample ratio failed).",
+        "decision_reason": "The rule that produced the decision, or the failed checks.",
+    },
+    "diagnostics": {
+        "method": "'collapsed' or 'latent'.",
+        "prior_preset": "'default' or 'article'.",
+        "num_chains": "NUTS chains.",
+        "num_warmup": "Warmup iterations per chain.",
+        "num_samples": "Draws kept per chain.",
+        "target_accept": "NUTS target acceptance probability.",
+        "seed": "Random seed of the fit.",
+        "n_users": "Users fitted.",
+        "n_cells": "Histogram cells (distinct variant x count x exposure).",
+        "divergences": "Divergent transitions after warmup (any fails).",
+        "max_r_hat": "Largest R-hat over parameters.",
+        "min_ess_bulk": "Smallest bulk ESS over parameters.",
+        "min_ess_tail": "Smallest tail ESS over parameters.",
+        "min_bfmi": "Smallest per-chain Bayesian fraction of missing information (below 0.3 fails).",
+        "srm_p_value": "Sample-ratio-mismatch chi-squared p-value against the planned split (below 0.001 fails).",
+        "ppc_p_value": "Smallest per-arm posterior predictive p-value of the count histogram (reported, not gating).",
+        "converged": "True when every gating check passed.",
+        "failure_reasons": "The failed checks, NULL when none.",
+        "sampling_seconds": "Seconds spent sampling.",
+        "total_seconds": "Seconds for the whole fit.",
+    },
+    "predictive_check": {
+        "variant": "Arm.",
+        "count_low": "Lowest count of the bin.",
+        "count_high": "Highest count of the bin; NULL for the open last bin.",
+        "observed_users": "Users observed in the bin.",
+        "observed_share": "Share of the arm's users observed in the bin.",
+        "predicted_share_mean": "Posterior predictive mean share of the bin.",
+        "predicted_share_low": "Lower end of the replicated share's interval (includes sampling noise for the arm's size).",
+        "predicted_share_high": "Upper end of the replicated share's interval.",
+        "ppc_p_value": "The arm's posterior predictive p-value (chi-squared discrepancy of the histogram).",
+    },
+    "user_estimates": {
+        "variant": "Arm of the users in the cell.",
+        "cv_count": "Observed count of the users in the cell.",
+        "exposure": "Exposure of the users in the cell (1 when none is used).",
+        "n_users": "Users sharing the cell (join fct_user_cv_counts on variant and cv_count for per-user rows).",
+        "rate_mean": "Posterior mean of each such user's rate mu_i (the shrinkage estimate).",
+        "rate_median": "Posterior median of the rate.",
+        "rate_low": "Lower end of the rate's credible interval.",
+        "rate_high": "Upper end of the rate's credible interval.",
+    },
+}
+
+
+def dbt_source_columns_yaml(indent: int = 6) -> str:
+    """The glmm result tables' column docs as dbt source YAML (kept in __sources.yml; a test compares)."""
+    import json
+
+    pad = " " * indent
+    lines = []
+    for table, docs in COLUMN_DOCS.items():
+        lines.append(f"{pad}- name: {table}")
+        lines.append(f"{pad}  columns:")
+        for name, doc in {**KEY_DOCS, **docs}.items():
+            lines.append(f"{pad}    - name: {name}")
+            lines.append(f"{pad}      description: {json.dumps(doc, ensure_ascii=False)}")
+    return "\n".join(lines)

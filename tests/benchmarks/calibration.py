@@ -84,7 +84,8 @@ def main() -> None:
     all_hits = {k: float(np.average(table[f"coverage {k}"], weights=table["experiments"])) for k in ("beta0", "beta", "s")}
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for r in table.iter_rows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) and v < 1 else str(v) for v in r) + " |")
+        cells = [str(r[0])] + [f"{v:.3f}" if isinstance(v, float) else str(v) for v in r[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         f"Overall 95% interval coverage: beta0 {all_hits['beta0']:.3f}, beta {all_hits['beta']:.3f}, s {all_hits['s']:.3f} "

@@ -1,0 +1,33 @@
+"""Documentation keeps up with the code: every result column is documented in dbt YAML and the README."""
+from pathlib import Path
+
+import yaml
+
+from glmm_model.schema import COLUMN_DOCS, KEY_DOCS, SCHEMAS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_result_column_is_documented_in_the_dbt_sources():
+    sources = yaml.safe_load((ROOT / "dbt_project/models/staging/__sources.yml").read_text())
+    glmm = next(s for s in sources["sources"] if s["name"] == "glmm")
+    documented = {t["name"]: {c["name"]: c.get("description") for c in t.get("columns", [])} for t in glmm["tables"]}
+    for table, schema in SCHEMAS.items():
+        assert list(documented[table]) == list(KEY_DOCS) + list(schema), table
+        assert all(documented[table].values()), f"{table}: a column has no description"
+    assert set(COLUMN_DOCS) == set(SCHEMAS)
+
+
+def test_every_model_has_a_yml_beside_it():
+    for sql in (ROOT / "dbt_project/models").rglob("*.sql"):
+        assert sql.with_suffix(".yml").exists(), f"{sql.name} has no .yml beside it"
+
+
+def test_readme_documents_every_output_column_and_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    for table, schema in SCHEMAS.items():
+        for column in schema:
+            assert f"`{column}`" in readme, f"README does not document {table}.{column}"
+    assert "glmm-ab demo" in readme and "pytest" in readme
+    ci = (ROOT / ".ci/run").read_text()
+    assert "pytest" in ci
