@@ -75,7 +75,7 @@ def connect(path: str | Path, read_only: bool = False):
 
 def query(con, sql: str, params: list | None = None) -> pl.DataFrame:
     """Run a query with bound parameters; rows come back through Arrow as polars."""
-    return pl.from_arrow(con.execute(sql, params or []).fetch_arrow_table())
+    return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
 
 
 def create_raw_tables(con) -> None:

@@ -41,7 +41,7 @@ def make_demo(path: Path) -> Path:
 def sql(path, query, params=None):
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return pl.from_arrow(con.execute(query, params or []).fetch_arrow_table())
+        return pl.from_arrow(con.execute(query, params or []).to_arrow_table())
     finally:
         con.close()
 

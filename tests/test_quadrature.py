@@ -15,7 +15,8 @@ def scipy_log_marginal(y, eta, s):
 
     # Mode by bracketing root-finding on the derivative (independent of our Wright-omega solver).
     d_log_f = lambda r: y - np.exp(eta + r) - r / s**2
-    mode = optimize.brentq(d_log_f, -50 * s**2 - 50, y * s**2 + 50, xtol=1e-14, rtol=1e-15, maxiter=500)
+    with np.errstate(over="ignore"):  # the bracket's far end overflows exp; brentq only needs the sign
+        mode = optimize.brentq(d_log_f, -50 * s**2 - 50, y * s**2 + 50, xtol=1e-14, rtol=1e-15, maxiter=500)
     peak = log_f(mode)
     width = 1.0 / np.sqrt(np.exp(eta + mode) + 1.0 / s**2)
     breaks = [mode + k * width for k in (-30, -10, -3, -1, 0, 1, 3, 10)]
