@@ -78,8 +78,8 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
 
 
 def _padded_size(n: int) -> int:
-    """Next power of two (at least 4): few distinct shapes, at most 2x padding."""
-    return max(4, 1 << (int(n) - 1).bit_length())
+    """Next power of two: few distinct shapes, at most 2x padding."""
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:

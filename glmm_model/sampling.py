@@ -5,7 +5,7 @@ process fitting many experiments that costs seconds of compilation per fit and
 leaks ~1,300 memory mappings per fit until LLVM cannot allocate any more. So the
 loop is driven here with NumPyro's functional NUTS kernel (``numpyro.infer.hmc.hmc``):
 
-* one kernel per (model, warmup length, target acceptance, tree depth), built once;
+* one kernel per (model, warmup length, target acceptance, tree depth, mass matrix), built once;
 * chains vectorised with ``vmap``, data passed as arguments of the compiled program
   (never baked in), so every experiment with the same padded shapes reuses it;
 * sampling advances in fixed chunks of ``CHUNK`` iterations: one compiled program
@@ -37,6 +37,7 @@ from .model import cell_tiers, collapsed_model, latent_model, prior_arrays
 
 CHUNK = 100
 SUMMARY_SITES = ("beta0", "beta", "s")
+FIXED_EFFECT_SITES = ("beta", "log_mean0", "s")  # the sampled (unconstrained) fixed-effect sites
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
@@ -78,15 +79,19 @@ def _progress(sampler: SamplerConfig) -> bool:
 
 
 @lru_cache(maxsize=32)
-def _kernel(model, num_warmup: int, target_accept: float, max_tree_depth: int):
-    """Compiled (init, advance, constrain) functions for one model and sampler setting."""
+def _kernel(model, num_warmup: int, target_accept: float, max_tree_depth: int, dense_mass):
+    """Compiled (init, advance, constrain) functions for one model and sampler setting.
+
+    ``dense_mass``: True, False, or a tuple of site-name tuples (dense blocks).
+    """
+    dense_mass = list(dense_mass) if isinstance(dense_mass, tuple) else dense_mass
     init_kernel, sample_kernel = hmc(
         potential_fn_gen=lambda *args, **kwargs: partial(potential_energy, model, args, kwargs), algo="NUTS"
     )
 
     def init(z, rng_key, args, kwargs):
         return init_kernel(
-            z, num_warmup, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+            z, num_warmup, target_accept_prob=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
             model_args=args, model_kwargs=kwargs, rng_key=rng_key,
         )
 
@@ -107,21 +112,29 @@ def _kernel(model, num_warmup: int, target_accept: float, max_tree_depth: int):
     )
 
 
-def _initial_values(model, args, kwargs, rng_key, num_chains: int) -> dict:
-    """Uniform(-2, 2) on the unconstrained scale for every latent site, per chain."""
+def _latent_values(model, *args, **kwargs) -> dict:
     trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
-    keys = jax.random.split(rng_key, len(trace))
-    z = {}
-    for key, (name, site) in zip(keys, trace.items()):
-        if site["type"] == "sample" and not site["is_observed"]:
-            shape = (num_chains,) + jnp.shape(site["fn"].support.feasible_like(site["value"]))
-            z[name] = jax.random.uniform(key, shape, minval=-2.0, maxval=2.0)
-    return z
+    return {name: site["value"] for name, site in trace.items() if site["type"] == "sample" and not site["is_observed"]}
 
 
-def run_nuts(model, args, kwargs, sc: SamplerConfig, progress: bool = False):
+def _initial_values(model, args, kwargs, rng_key, num_chains: int) -> dict:
+    """Uniform(-2, 2) on the unconstrained scale for every latent site, per chain.
+
+    Site shapes come from ``jax.eval_shape`` (abstract evaluation): running the
+    model eagerly would compile each of its operations on first use, ~1.5 s per process.
+    Every site of these models keeps its shape when unconstrained.
+    """
+    shapes = jax.eval_shape(partial(_latent_values, model), *args, **kwargs)
+    keys = jax.random.split(rng_key, max(len(shapes), 1))
+    return {
+        name: jax.random.uniform(key, (num_chains,) + shape.shape, minval=-2.0, maxval=2.0)
+        for key, (name, shape) in zip(keys, sorted(shapes.items()))
+    }
+
+
+def run_nuts(model, args, kwargs, sc: SamplerConfig, progress: bool = False, dense_mass=True):
     """Draws (chains, draws, ...) of every site, and the sampler statistics."""
-    init, advance, constrain = _kernel(model, sc.num_warmup, sc.target_accept, sc.max_tree_depth)
+    init, advance, constrain = _kernel(model, sc.num_warmup, sc.target_accept, sc.max_tree_depth, dense_mass)
     key_init, key_chains = jax.random.split(jax.random.PRNGKey(sc.seed))
     state = init(_initial_values(model, args, kwargs, key_init, sc.num_chains),
                  jax.random.split(key_chains, sc.num_chains), args, kwargs)
@@ -153,14 +166,17 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
     if config.method == "collapsed":
         tiers = cell_tiers(data)
         model, args, kwargs = collapsed_model, (tiers, prior), {"cv_count": tuple(t.cv_count for t in tiers)}
+        dense = config.sampler.dense_mass
     else:
         arm, count, exposure = data.per_user()
         model = latent_model
         args = (jnp.asarray(arm, jnp.int32), jnp.asarray(np.log(exposure)), prior)
         kwargs = {"cv_count": jnp.asarray(count, jnp.float64)}
+        # a dense block over the fixed effects; one over every user's r_i would be n x n
+        dense = (FIXED_EFFECT_SITES,) if config.sampler.dense_mass else False
 
     started = time.perf_counter()
-    draws, stats = run_nuts(model, args, kwargs, config.sampler, _progress(config.sampler))
+    draws, stats = run_nuts(model, args, kwargs, config.sampler, _progress(config.sampler), dense)
     seconds = time.perf_counter() - started
 
     idata = az.from_dict(

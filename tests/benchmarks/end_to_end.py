@@ -1,0 +1,88 @@
+"""Benchmark 3: ``glmm-ab run`` end to end on 10 experiments x 2 metrics x 1,000,000 users (~20M events).
+
+    python tests/benchmarks/end_to_end.py [--users 1000000] [--experiments 10] [--keep PATH]
+
+Builds the raw tables with DuckDB SQL (users split evenly between control and
+treatment, each user-metric's event count geometric with mean ~1, +5% for the
+treatment, times over two weeks), then times ``glmm-ab run`` in a fresh process,
+as a user runs it, and prints the flow's per-stage breakdown and the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+BIN = Path(sys.executable).parent
+
+RAW_SQL = """
+CREATE SCHEMA raw;
+CREATE TABLE raw.experiments AS
+    SELECT 'exp' || lpad(CAST(i AS VARCHAR), 2, '0') AS experiment_id, 'control' AS control_variant,
+           TIMESTAMP '2026-10-01' AS start_at, CAST(NULL AS TIMESTAMP) AS end_at
+    FROM range({experiments}) t(i);
+CREATE TABLE raw.metrics AS
+    SELECT * FROM (VALUES ('purchases', 'purchase'), ('add_to_cart', 'add_to_cart')) t(metric_id, event_name);
+CREATE TABLE raw.assignments AS
+    SELECT 'exp' || lpad(CAST(e AS VARCHAR), 2, '0') AS experiment_id,
+           'u' || e || '_' || u AS user_id,
+           CASE WHEN hash(e, u) % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant,
+           TIMESTAMP '2026-10-01' + to_seconds(CAST(hash(e, u, 7) % 1209600 AS BIGINT)) AS assigned_at
+    FROM range({experiments}) a(e), range({users}) b(u);
+CREATE TABLE raw.events AS
+    WITH user_metrics AS (
+        SELECT a.user_id, a.assigned_at, m.event_name,
+               CAST(floor(-ln(random()) * CASE WHEN a.variant = 'treatment' THEN 1.52 ELSE 1.45 END) AS BIGINT) AS n
+        FROM raw.assignments a CROSS JOIN raw.metrics m
+    ),
+    exploded AS (
+        SELECT user_id, assigned_at, event_name, unnest(range(n)) AS k FROM user_metrics WHERE n > 0
+    )
+    SELECT 'ev' || CAST(row_number() OVER () AS VARCHAR) AS event_id, user_id, event_name,
+           assigned_at + to_seconds(CAST(random() * 1209600 AS BIGINT)) AS event_at
+    FROM exploded;
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--experiments", type=int, default=10)
+    parser.add_argument("--keep", default=None, help="build the warehouse here and keep it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.keep) if args.keep else Path(tmp) / "bench.duckdb"
+        path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        con = duckdb.connect(str(path))
+        con.execute("SELECT setseed(0.42)")
+        con.execute(RAW_SQL.format(users=args.users, experiments=args.experiments))
+        n_events = con.execute("SELECT count(*) FROM raw.events").fetchone()[0]
+        n_assign = con.execute("SELECT count(*) FROM raw.assignments").fetchone()[0]
+        con.close()
+        build = time.perf_counter() - started
+        print(f"warehouse: {n_assign:,} assignments, {n_events:,} events, built in {build:.0f} s", file=sys.stderr)
+        started = time.perf_counter()
+        out = subprocess.run([str(BIN / "glmm-ab"), "run", "--warehouse", str(path), "--as-of", "2026-11-01T00:00:00"],
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - started
+    if out.returncode != 0:
+        sys.exit(f"glmm-ab run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
+    print(f"| stage | seconds |\n|---|---|")
+    for k, v in stages.items():
+        print(f"| {k} | {float(v):.1f} |")
+    print(f"| **`glmm-ab run` wall time** (incl. Python start, Prefect's ephemeral API) | **{wall:.1f}** |")
+    print(f"\n{args.experiments} experiments x 2 metrics x {args.users:,} users: {n_assign:,} assignments, "
+          f"{n_events:,} events; default sampler (4 chains x (500 + 2000)); pairs fitted: "
+          f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows.")
+
+
+if __name__ == "__main__":
+    main()
