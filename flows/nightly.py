@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 
 from glmm_model import FitConfig, InputError, Priors, SamplerConfig, __version__, fit
 from glmm_model import warehouse as wh
+from glmm_model.schema import SCHEMAS
 from glmm_model.sampling import enable_compilation_cache
 
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, run_dbt
@@ -191,7 +192,7 @@ def nightly(
         logger.error("run %s failed before fitting: %s", run_id, report.message)
         raise
 
-    results: dict[str, list[pl.DataFrame]] = {name: [] for name in ("posterior_summary", "lift", "diagnostics", "predictive_check", "user_estimates")}
+    results: dict[str, list[pl.DataFrame]] = {name: [] for name in SCHEMAS}
     failure_rows = []
     for pair in pairs:
         exp_id, metric_id, control = pair["experiment_id"], pair["metric_id"], pair["control_variant"]
@@ -211,8 +212,8 @@ def nightly(
             logger.error("run %s: %s x %s not fitted: %s", run_id, exp_id, metric_id, exc)
             lap("fit")
             continue
-        for name in results:
-            results[name].append(_with_keys(getattr(result, name), exp_id, metric_id))
+        for name, table in result.tables().items():
+            results[name].append(_with_keys(table, exp_id, metric_id))
         if result.plots:
             report.plots[f"{exp_id}/{metric_id}"] = result.plots
         lap("fit")

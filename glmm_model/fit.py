@@ -38,10 +38,8 @@ class FitResult:
     plots: dict[str, str] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pl.DataFrame]:
+        """The five result tables by name, as the warehouse stores them."""
         return {name: getattr(self, name) for name in SCHEMAS}
-
-    def to_json_dict(self) -> dict:
-        return {name: table.to_dicts() for name, table in self.tables().items()}
 
     def user_estimates_by_user(self) -> pl.DataFrame:
         """One row per input user (input order): their cell's rate estimate, with ``user_id`` when given."""

@@ -10,7 +10,6 @@ not at all, and earlier runs are never touched.
 from __future__ import annotations
 
 import json
-import re
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,6 @@ from .schema import SCHEMAS
 RESULT_SCHEMA = "glmm"
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 RAW_DDL = {
     "experiments": "experiment_id VARCHAR, control_variant VARCHAR, start_at TIMESTAMP, end_at TIMESTAMP",
@@ -42,13 +40,6 @@ FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be used as asked (missing file, missing raw tables, lock)."""
-
-
-def identifier(name: str) -> str:
-    """Validate a schema/table name that reaches SQL text; raise on anything unusual."""
-    if not _IDENTIFIER.match(name):
-        raise WarehouseError(f"invalid SQL identifier {name!r}: letters, digits and _ only")
-    return name
 
 
 def result_table_ddl(table: str) -> str:

@@ -77,3 +77,31 @@ def test_missing_and_unsupported_files_exit_2(tmp_path):
     empty.write_text("variant,cv_count\n")
     out = run("fit", str(empty), "--control", "A")
     assert out.returncode == 2 and "empty" in out.stderr
+
+
+def test_progress_bar_shows_in_a_terminal(article_csv):
+    """Under a real pseudo-terminal the sampler's progress bar is drawn (and not otherwise, above)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    # a real terminal has a size; tqdm hides bars on a 0-row one
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([EXE, "fit", str(article_csv), "--control", "CG", *SMALL_ARGS],
+                            stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=600) == 0
+    assert b"NUTS x2 chains" in out and b"100%" in out
+    assert b"Lift against control CG" in out
