@@ -28,6 +28,9 @@ def default_warehouse() -> str:
 def _prefect_environment() -> None:
     # The ephemeral Prefect API can take ~20 s to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Its telemetry service phones home; a warehouse job often has no way out and
+    # would log an ERROR every run. Users can still turn it on explicitly.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def parse_as_of(text: str | None) -> datetime | None:
@@ -96,13 +99,16 @@ def cmd_demo(args) -> int:
             raise CliError(f"{warehouse} exists; the demo would replace its raw tables. Pass --force, or pick another path")
         warehouse.unlink()
         Path(f"{warehouse}.wal").unlink(missing_ok=True)
+    if args.plots_dir is None:  # the demo shows everything: pictures beside its warehouse
+        args.plots_dir = str(warehouse.parent / "plots")
     tables = demo_data.build()
     with wh.connect(warehouse) as con:
         wh.load_raw(con, tables)
     print(f"demo warehouse {warehouse}: " + ", ".join(f"raw.{k} {v.height} rows" for k, v in tables.items()))
     code = _run_flow(args, str(warehouse))
     if code in (0, EXIT_PARTIAL):
-        print(f"\nQuery the results:  duckdb {warehouse} -c 'SELECT * FROM rpt_experiment_results_latest'")
+        print(f"\nPictures (trace, user_predictive, rate_density) per experiment x metric under {args.plots_dir}/<run_id>/")
+        print(f"Query the results:  duckdb {warehouse} -c 'SELECT * FROM rpt_experiment_results_latest'")
         print(f"  or in Python:      duckdb.connect('{warehouse}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
     return code
 

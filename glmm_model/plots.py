@@ -3,6 +3,8 @@
 1. ``trace.png`` — ArviZ trace plot of beta0, beta and s.
 2. ``user_predictive.png`` — for the first 10 users, the posterior predictive
    distribution of their count with the observed count marked (red dashed line).
+   Histogram input (the nightly flow) has no user order: 10 users spread over
+   each arm's count distribution are shown instead.
 3. ``rate_density.png`` — density of the estimated per-user rate mu in each arm
    (the article's TG/CG plot): the users' rate posteriors pooled per arm.
 """
@@ -34,6 +36,22 @@ def arm_rate_samples(result, arm: int, size: int, rng: np.random.Generator) -> n
     return out
 
 
+def _quantile_points(k: int) -> np.ndarray:
+    return (np.arange(k) + 0.5) / k
+
+
+def sample_user_cells(data, n_users: int) -> np.ndarray:
+    """Cells of ``n_users`` users: per arm, those at evenly spaced quantiles of the arm's counts."""
+    per_arm = max(n_users // data.num_arms, 1)
+    cells = []
+    for arm in range(data.num_arms):
+        idx = np.flatnonzero(data.cell_arm == arm)
+        idx = idx[np.argsort(data.cell_count[idx], kind="stable")]
+        cdf = np.cumsum(data.cell_users[idx]) / data.cell_users[idx].sum()
+        cells.extend(idx[np.minimum(np.searchsorted(cdf, _quantile_points(per_arm)), len(idx) - 1)])
+    return np.asarray(cells[:n_users])
+
+
 def plot_trace(result, path: Path) -> None:
     axes = az.plot_trace(result.idata, var_names=["beta0", "beta", "s"], compact=True)
     axes.ravel()[0].figure.tight_layout()
@@ -46,9 +64,10 @@ def plot_user_predictive(result, path: Path, rng: np.random.Generator) -> None:
     if data.user_cell is not None:
         cells = data.user_cell[:_USERS]
         labels = data.user_ids[:_USERS] if data.user_ids is not None else np.arange(len(cells))
-    else:
-        cells = np.repeat(np.arange(data.n_cells), np.minimum(data.cell_users, _USERS))[:_USERS]
-        labels = [f"cell {c}" for c in cells]
+    else:  # histogram input has no user order: users at evenly spaced count quantiles of each arm
+        cells = sample_user_cells(data, _USERS)
+        labels = [f"at count quantile {q:.0%}" for c, q in
+                  zip(cells, np.tile(_quantile_points(_USERS // data.num_arms or 1), data.num_arms))]
     fig, axes = plt.subplots(len(cells), 1, figsize=(8, 1.6 * len(cells)), squeeze=False)
     for ax, c, label in zip(axes[:, 0], cells, labels):
         y_rep = rng.poisson(result.rates.resample(int(c), _DRAWS, rng))
