@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from glmm_model.cli import CliError, EXIT_BAD_INPUT, build_parser
+from glmm_model.cli import CliError, build_parser, run
 
 EXIT_FAILED, EXIT_PARTIAL = 1, 3
 DEMO_WAREHOUSE = "warehouse/demo.duckdb"
@@ -137,12 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--as-of", default=None, help="count conversions up to this time (ISO timestamp, UTC); default now")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CliError as exc:
-        print(f"glmm-ab: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

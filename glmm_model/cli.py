@@ -132,14 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse ``argv`` and run the chosen command; a CliError prints and exits with code 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CliError as exc:
         print(f"glmm-ab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def main(argv=None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":
