@@ -133,8 +133,34 @@ def load_histogram(con, experiment_id: str, metric_id: str, use_exposure: bool) 
     return query(con, sql, [experiment_id, metric_id])
 
 
-def _runs_row(run_id, as_of, started_at, status, version, config, message) -> list:
-    return [run_id, as_of, started_at, datetime.now(), status, version, json.dumps(config, default=str), message]
+@contextmanager
+def transaction(con):
+    """BEGIN ... COMMIT, or ROLLBACK and re-raise on any error (interrupts included)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def append(con, table: str, frame: pl.DataFrame) -> None:
+    """Insert a frame's rows into ``table`` by column name, through Arrow."""
+    if frame.height == 0:
+        return
+    con.register("staged_rows", frame.to_arrow())
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staged_rows")
+    finally:
+        con.unregister("staged_rows")
+
+
+def _insert_run(con, run_id, as_of, started_at, status, version, config, message) -> None:
+    con.execute(
+        f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, as_of, started_at, datetime.now(), status, version, json.dumps(config, default=str), message],
+    )
 
 
 def write_run(con, run_id: str, as_of: datetime, started_at: datetime, version: str, config: dict,
@@ -144,52 +170,28 @@ def write_run(con, run_id: str, as_of: datetime, started_at: datetime, version: 
     ``results`` maps table name -> frame with experiment_id, metric_id and the engine's
     columns. On any error the transaction rolls back and nothing of the run remains.
     """
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for table, frame in results.items():
-            if table not in SCHEMAS:
-                raise WarehouseError(f"unknown result table {table!r}")
-            if frame.height == 0:
-                continue
-            staged = frame.with_columns(pl.lit(run_id).alias("run_id")).to_arrow()
-            con.register("staged_rows", staged)
-            con.execute(f"INSERT INTO {RESULT_SCHEMA}.{table} BY NAME SELECT * FROM staged_rows")
-            con.unregister("staged_rows")
-        if failures.height:
-            con.register("staged_rows", failures.with_columns(pl.lit(run_id).alias("run_id")).to_arrow())
-            con.execute(f"INSERT INTO {RESULT_SCHEMA}.fit_failures BY NAME SELECT * FROM staged_rows")
-            con.unregister("staged_rows")
-        con.execute(
-            f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            _runs_row(run_id, as_of, started_at, "succeeded", version, config, message),
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    unknown = sorted(set(results) - set(SCHEMAS))
+    if unknown:
+        raise WarehouseError(f"unknown result table(s) {unknown}")
+    with transaction(con):
+        for table, frame in {**results, "fit_failures": failures}.items():
+            if frame.height:  # an empty frame may have no columns at all
+                append(con, f"{RESULT_SCHEMA}.{table}", frame.with_columns(pl.lit(run_id).alias("run_id")))
+        _insert_run(con, run_id, as_of, started_at, "succeeded", version, config, message)
 
 
 def record_failed_run(con, run_id, as_of, started_at, version, config, message) -> None:
     """A failed run leaves one glmm.runs row with its reason and nothing else."""
-    con.execute(
-        f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        _runs_row(run_id, as_of, started_at, "failed", version, config, message),
-    )
+    _insert_run(con, run_id, as_of, started_at, "failed", version, config, message)
 
 
 def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
     """Replace the contents of raw tables with the given frames, in one transaction."""
+    unknown = sorted(set(tables) - set(RAW_DDL))
+    if unknown:
+        raise WarehouseError(f"unknown raw table(s) {unknown}")
     create_raw_tables(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table, frame in tables.items():
-            if table not in RAW_DDL:
-                raise WarehouseError(f"unknown raw table {table!r}")
             con.execute(f"DELETE FROM raw.{table}")
-            con.register("staged_rows", frame.to_arrow())
-            con.execute(f"INSERT INTO raw.{table} BY NAME SELECT * FROM staged_rows")
-            con.unregister("staged_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+            append(con, f"raw.{table}", frame)
