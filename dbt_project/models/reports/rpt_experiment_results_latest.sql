@@ -1,17 +1,11 @@
-{#- The latest successful run's lift per experiment x metric x variant, with the
-    experiment's metadata and the fit's diagnostics: what a dashboard shows. -#}
+{#- The latest successful run's lift per experiment x metric x variant (the newest
+    row of rpt_lift_history), with the experiment's metadata and the fit's
+    diagnostics: what a dashboard shows. -#}
 with
 
-runs as (
+history as (
 
-    select * from {{ source('glmm', 'runs') }}
-    where status = 'succeeded'
-
-),
-
-lift as (
-
-    select * from {{ source('glmm', 'lift') }}
+    select * from {{ ref('rpt_lift_history') }}
 
 ),
 
@@ -27,18 +21,15 @@ experiments as (
 
 ),
 
-lift_with_run as (
+ranked as (
 
     select
-        lift.*,
-        runs.as_of,
-        runs.finished_at,
+        *,
         row_number() over (
-            partition by lift.experiment_id, lift.metric_id, lift.variant
-            order by runs.finished_at desc, runs.run_id desc
+            partition by experiment_id, metric_id, variant
+            order by finished_at desc, run_id desc
         ) as recency
-    from lift
-    inner join runs on runs.run_id = lift.run_id
+    from history
 
 ),
 
@@ -83,7 +74,7 @@ final as (
         diagnostics.min_ess_bulk,
         diagnostics.srm_p_value,
         diagnostics.ppc_p_value
-    from lift_with_run as latest
+    from ranked as latest
     left join experiments on experiments.experiment_id = latest.experiment_id
     left join diagnostics
         on diagnostics.run_id = latest.run_id
