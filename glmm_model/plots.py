@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from .predictive import quantile_cells  # noqa: E402
+
 _USERS = 10
 _DRAWS = 4000
 
@@ -42,14 +44,9 @@ def _quantile_points(k: int) -> np.ndarray:
 
 def sample_user_cells(data, n_users: int) -> np.ndarray:
     """Cells of ``n_users`` users: per arm, those at evenly spaced quantiles of the arm's counts."""
-    per_arm = max(n_users // data.num_arms, 1)
-    cells = []
-    for arm in range(data.num_arms):
-        idx = np.flatnonzero(data.cell_arm == arm)
-        idx = idx[np.argsort(data.cell_count[idx], kind="stable")]
-        cdf = np.cumsum(data.cell_users[idx]) / data.cell_users[idx].sum()
-        cells.extend(idx[np.minimum(np.searchsorted(cdf, _quantile_points(per_arm)), len(idx) - 1)])
-    return np.asarray(cells[:n_users])
+    probs = _quantile_points(max(n_users // data.num_arms, 1))
+    cells = [quantile_cells(data, np.flatnonzero(data.cell_arm == arm), probs) for arm in range(data.num_arms)]
+    return np.concatenate(cells)[:n_users]
 
 
 def plot_trace(result, path: Path) -> None:

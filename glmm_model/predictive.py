@@ -133,16 +133,20 @@ def user_estimate_rows(data: ExperimentData, rates: RateSamples, level: float) -
     ]
 
 
+def quantile_cells(data: ExperimentData, cells: np.ndarray, probs) -> np.ndarray:
+    """Of ``cells``, the ones holding the users at the given quantiles of their counts."""
+    cells = cells[np.argsort(data.cell_count[cells], kind="stable")]
+    cdf = np.cumsum(data.cell_users[cells]) / data.cell_users[cells].sum()
+    return cells[np.minimum(np.searchsorted(cdf, probs), len(cells) - 1)]
+
+
 def count_bins(data: ExperimentData) -> np.ndarray:
     """Lower edges of the count bins; the last bin is open-ended."""
     max_count = int(data.cell_count.max())
     if max_count <= _SMALL_MAX_COUNT:
         return np.arange(max_count + 2)
-    order = np.argsort(data.cell_count)
-    cdf = np.cumsum(data.cell_users[order]) / data.n_users
-    probs = np.linspace(0.0, 0.99, _QUANTILE_BINS)
-    edges = data.cell_count[order][np.minimum(np.searchsorted(cdf, probs), len(cdf) - 1)]
-    return np.unique(np.concatenate([[0], edges, [max_count + 1]]))
+    cells = quantile_cells(data, np.arange(data.n_cells), np.linspace(0.0, 0.99, _QUANTILE_BINS))
+    return np.unique(np.concatenate([[0], data.cell_count[cells], [max_count + 1]]))
 
 
 def _exposure_groups(data: ExperimentData, arm: int) -> tuple[np.ndarray, np.ndarray]:
