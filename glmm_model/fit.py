@@ -14,7 +14,7 @@ import arviz as az
 import numpy as np
 import polars as pl
 
-from . import predictive, summaries
+from . import pictures, predictive, summaries
 from .config import FitConfig
 from .data import ExperimentData, prepare
 from .sampling import sample
@@ -31,6 +31,9 @@ class FitResult:
     diagnostics: pl.DataFrame
     predictive_check: pl.DataFrame
     user_estimates: pl.DataFrame
+    posterior_draws: pl.DataFrame
+    user_predictive: pl.DataFrame
+    rate_density: pl.DataFrame
     idata: az.InferenceData
     data: ExperimentData
     rates: predictive.RateSamples
@@ -38,7 +41,7 @@ class FitResult:
     plots: dict[str, str] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pl.DataFrame]:
-        """The five result tables by name, as the warehouse stores them."""
+        """The result tables by name, as the warehouse stores them."""
         return {name: getattr(self, name) for name in SCHEMAS}
 
     def user_estimates_by_user(self) -> pl.DataFrame:
@@ -87,6 +90,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     else:
         rates = predictive.latent_rates(exp, beta0, beta, s, posterior.r, rng)
     user_rows = predictive.user_estimate_rows(exp, rates, level)
+    picture_rng = np.random.default_rng(config.sampler.seed + 1)
 
     sc = config.sampler
     diagnostics_row = {
@@ -117,6 +121,9 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         diagnostics=frame("diagnostics", [diagnostics_row]),
         predictive_check=frame("predictive_check", ppc_rows),
         user_estimates=frame("user_estimates", user_rows),
+        posterior_draws=frame("posterior_draws", pictures.trace_rows(posterior.idata, exp.variants)),
+        user_predictive=frame("user_predictive", pictures.user_predictive_rows(exp, rates, picture_rng)),
+        rate_density=frame("rate_density", pictures.rate_density_rows(exp, rates, picture_rng)),
         idata=posterior.idata,
         data=exp,
         rates=rates,

@@ -39,6 +39,12 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "variant": S, "cv_count": I, "exposure": F, "n_users": I,
         "rate_mean": F, "rate_median": F, "rate_low": F, "rate_high": F,
     },
+    "posterior_draws": {"parameter": S, "variant": S, "chain": I, "draw": I, "value": F},
+    "user_predictive": {
+        "sample_user": I, "user_label": S, "variant": S, "observed_count": I,
+        "count_low": I, "count_high": I, "probability": F,
+    },
+    "rate_density": {"variant": S, "is_control": B, "rate_low": F, "rate_high": F, "density": F},
 }
 
 
@@ -140,6 +146,29 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "rate_median": "Posterior median of the rate.",
         "rate_low": "Lower end of the rate's credible interval.",
         "rate_high": "Upper end of the rate's credible interval.",
+    },
+    "posterior_draws": {
+        "parameter": "'beta0', 'beta' or 's'.",
+        "variant": "Treatment variant for 'beta' rows; NULL for 'beta0' and 's'.",
+        "chain": "NUTS chain (0-based).",
+        "draw": "Draw index within the chain (0-based; evenly thinned to at most 200 per chain).",
+        "value": "The parameter's value at that draw: the trace plot.",
+    },
+    "user_predictive": {
+        "sample_user": "0-based number of the sampled user within the fit.",
+        "user_label": "The user's id (per-user input) or 'at count quantile q%' of the arm (histogram input).",
+        "variant": "The user's arm.",
+        "observed_count": "The user's observed count (the picture's red dashed line).",
+        "count_low": "Lowest count of the bin.",
+        "count_high": "Highest count of the bin.",
+        "probability": "Posterior predictive probability that a replicated count falls in the bin.",
+    },
+    "rate_density": {
+        "variant": "Arm.",
+        "is_control": "True for the control arm.",
+        "rate_low": "Lower edge of the rate bin (conversions per user, per unit exposure).",
+        "rate_high": "Upper edge of the rate bin.",
+        "density": "Density of a random user's estimated rate mu in the bin (the article's TG/CG plot).",
     },
 }
 

@@ -105,3 +105,39 @@ def test_same_seed_same_answer(article_data, small_config):
     a = fit(article_data, "CG", small_config).posterior_summary
     b = fit(article_data, "CG", small_config).posterior_summary
     assert a.equals(b)
+
+
+def test_picture_tables_hold_what_the_three_pictures_draw(article_data, small_config):
+    result = fit(article_data, "CG", small_config)
+    # trace: every chain of every parameter, thinned, and the same values as the posterior
+    draws = result.posterior_draws
+    assert draws.group_by("parameter", "variant", "chain").len()["len"].to_list() == [200] * 6
+    beta0 = result.idata.posterior["beta0"].values
+    first = draws.filter((pl.col("parameter") == "beta0") & (pl.col("chain") == 1)).row(0, named=True)
+    assert first["value"] == beta0[1, first["draw"]]
+    # per-user predictive: the first 10 users (per-user input), each a distribution around its count
+    pred = result.user_predictive
+    assert pred["user_label"].unique(maintain_order=True).to_list() == [f"u{i:03d}" for i in range(10)]
+    for _, user in pred.group_by("sample_user"):
+        assert user["probability"].sum() == pytest.approx(1.0)
+        assert (user["count_low"] <= user["count_high"]).all()
+        observed = user["observed_count"][0]
+        assert user["count_low"].min() <= observed <= user["count_high"].max()
+    # rate density: both arms on shared bins, integrating to ~1, TG to the right of CG as in the article
+    dens = result.rate_density.with_columns(mass=pl.col("density") * (pl.col("rate_high") - pl.col("rate_low")))
+    mass = dict(dens.group_by("variant").agg(pl.col("mass").sum()).iter_rows())
+    assert mass["CG"] == pytest.approx(1.0, abs=0.01) and mass["TG"] == pytest.approx(1.0, abs=0.01)
+    mean = dict(dens.with_columns(m=pl.col("mass") * (pl.col("rate_low") + pl.col("rate_high")) / 2)
+                .group_by("variant").agg(pl.col("m").sum()).iter_rows())
+    lift = result.lift.row(0, named=True)
+    assert mean["TG"] / mean["CG"] - 1 == pytest.approx(lift["relative_lift_mean"], abs=0.25)
+    assert dens.filter(pl.col("is_control"))["variant"].unique().to_list() == ["CG"]
+
+
+def test_picture_tables_from_histogram_input_sample_users_at_count_quantiles(small_config):
+    data = pl.DataFrame({"variant": ["A", "A", "A", "B", "B"], "cv_count": [0, 2, 9, 1, 5], "n_users": [50, 30, 20, 60, 40]})
+    pred = fit(data, "A", small_config).user_predictive
+    users = pred.unique("sample_user", maintain_order=True)
+    assert users["variant"].to_list() == ["A"] * 5 + ["B"] * 5
+    assert users["observed_count"].to_list() == [0, 0, 0, 2, 9, 1, 1, 1, 5, 5]
+    assert users["user_label"][0] == "at count quantile 10%"
