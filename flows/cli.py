@@ -2,15 +2,19 @@
 
     glmm-ab demo [--warehouse PATH] [--force]
     glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [--method ...] [--exposure] [--plots-dir DIR]
+                 [--publish-to PATH] [--parquet-dir DIR] [--no-publish]
+    glmm-ab dashboard [--published PATH] [--port N] [--address HOST]
 
 Exit codes of ``run`` and ``demo``: 0 when the run succeeded, 1 when it failed
 (its reason is recorded in glmm.runs), 3 when it succeeded but some experiment x
 metric pairs could not be fitted (recorded in glmm.fit_failures), 2 for bad
-arguments or a warehouse that cannot be used.
+arguments or a warehouse that cannot be used. A run whose results were committed
+but whose BI copy could not be published exits 1 and says so.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +75,8 @@ def _run_flow(args, warehouse: str) -> int:
             warehouse=warehouse, as_of=parse_as_of(getattr(args, "as_of", None)), method=args.method,
             priors=args.priors, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
             seed=args.seed, use_exposure=args.exposure, plots_dir=args.plots_dir,
+            publish_to=args.publish_to or os.environ.get("GLMM_AB_BI_PATH") or None,
+            parquet_dir=args.parquet_dir, publish_results=not args.no_publish,
         )
     except WarehouseError as exc:
         print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
@@ -79,6 +85,8 @@ def _run_flow(args, warehouse: str) -> int:
         print(f"glmm-ab: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print_lift(report)
+    if report.publication is not None:
+        print(f"published for BI: {report.publication.bi_path} (DuckDB) and {report.publication.parquet_dir}/ (Parquet)")
     return EXIT_PARTIAL if report.failures.height else 0
 
 
@@ -108,9 +116,32 @@ def cmd_demo(args) -> int:
     code = _run_flow(args, str(warehouse))
     if code in (0, EXIT_PARTIAL):
         print(f"\nPictures (trace, user_predictive, rate_density) per experiment x metric under {args.plots_dir}/<run_id>/")
-        print(f"Query the results:  duckdb {warehouse} -c 'SELECT * FROM rpt_experiment_results_latest'")
-        print(f"  or in Python:      duckdb.connect('{warehouse}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
+        from .publish import default_bi_path
+
+        bi = args.publish_to or default_bi_path(warehouse)
+        print(f"Query the published copy:  duckdb -readonly {bi} -c 'SELECT * FROM rpt_experiment_results_latest'")
+        print(f"  or in Python:  duckdb.connect('{bi}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
+        print(f"See it in a browser:  glmm-ab dashboard --published {bi}")
     return code
+
+
+def cmd_dashboard(args) -> int:
+    """Start the Streamlit dashboard on the published copy (read-only); returns when it stops."""
+    from dashboard.data import default_published_path
+
+    published = Path(args.published) if args.published else default_published_path()
+    if not published.is_file():
+        raise CliError(f"no published results at {published}: run 'glmm-ab demo' or 'glmm-ab run' first, "
+                       "or point --published at the BI copy")
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+               "--server.port", str(args.port), "--server.address", args.address,
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--published", str(published.resolve())]
+    print(f"glmm-ab dashboard on http://{args.address}:{args.port} reading {published} (read-only); Ctrl-C stops it")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _add_run_options(p) -> None:
@@ -122,6 +153,10 @@ def _add_run_options(p) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--exposure", action="store_true", help="use exposure days as a log offset (rates per day)")
     p.add_argument("--plots-dir", default=None, help="write each pair's three pictures under DIR/<run_id>/")
+    p.add_argument("--publish-to", default=None,
+                   help="BI-facing DuckDB copy (default $GLMM_AB_BI_PATH or <warehouse stem>_bi.duckdb beside it)")
+    p.add_argument("--parquet-dir", default=None, help="Parquet copy of the same tables (default <bi stem>_parquet/)")
+    p.add_argument("--no-publish", action="store_true", help="do not publish the BI copy")
 
 
 def main(argv=None) -> int:
@@ -137,6 +172,13 @@ def main(argv=None) -> int:
     p.add_argument("--as-of", default=None, help="count conversions up to this time (ISO timestamp, UTC); default now")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("dashboard", help="start the Streamlit dashboard on the published BI copy (read-only)")
+    p.add_argument("--published", default=None,
+                   help="the BI copy (default $GLMM_AB_BI_PATH, or the copy beside $GLMM_AB_WAREHOUSE, "
+                        "or warehouse/glmm_ab_bi.duckdb, or warehouse/demo_bi.duckdb)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1")
+    p.set_defaults(func=cmd_dashboard)
     return run(parser, argv)
 
 

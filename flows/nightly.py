@@ -12,7 +12,9 @@ Steps, each a Prefect task:
    others go on.
 6. ``write_run`` — every result table and the ``glmm.runs`` row in ONE transaction.
 7. ``dbt_build_reports`` — the report models over the result tables.
-8. ``publish_artifacts`` — a markdown table of lifts and decisions, and the plots.
+8. ``publish_bi`` — the marts, reports and glmm.* tables copied to the BI-facing
+   DuckDB file and Parquet files (:mod:`flows.publish`), each replaced atomically.
+9. ``publish_artifacts`` — a markdown table of lifts and decisions, and the plots.
 
 A run that fails records a ``glmm.runs`` row with status 'failed' and its reason;
 nothing else of it is written and earlier results stay as they were.
@@ -38,6 +40,7 @@ from glmm_model.schema import SCHEMAS
 from glmm_model.sampling import enable_compilation_cache
 
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, run_dbt
+from .publish import Publication, PublishError, publish
 
 DEFAULT_WAREHOUSE = "warehouse/glmm_ab.duckdb"
 
@@ -54,6 +57,7 @@ class RunReport:
     failures: pl.DataFrame = field(default_factory=pl.DataFrame)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     plots: dict[str, dict[str, str]] = field(default_factory=dict)
+    publication: Publication | None = None
 
 
 def utc_now() -> datetime:
@@ -116,6 +120,11 @@ def dbt_build_reports(warehouse: str, as_of: str) -> int:
     return run_dbt("build", warehouse, REPORTS_SELECTOR, as_of).passed
 
 
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def publish_bi(warehouse: str, run_id: str, bi_path: str | None, parquet_dir: str | None) -> Publication:
+    return publish(warehouse, run_id, bi_path, parquet_dir)
+
+
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(run_id: str, lift: pl.DataFrame, failures: pl.DataFrame, plots: dict[str, dict[str, str]]) -> None:
     lines = [f"# glmm-ab run `{run_id}`", "",
@@ -153,12 +162,19 @@ def nightly(
     seed: int = 42,
     use_exposure: bool = False,
     plots_dir: str | None = None,
+    publish_to: str | None = None,
+    parquet_dir: str | None = None,
+    publish_results: bool = True,
 ) -> RunReport:
     """Fit every experiment x metric in ``warehouse`` as of ``as_of`` (default: now, UTC) and append the results.
 
     ``use_exposure``: enter each user's exposure days as a log offset (rates per day)
     instead of comparing counts per user. ``plots_dir``: write the three pictures
-    per pair under ``plots_dir/<run_id>/``.
+    per pair under ``plots_dir/<run_id>/``. ``publish_to``: the BI-facing DuckDB file
+    (default ``<warehouse stem>_bi.duckdb`` beside the warehouse); ``parquet_dir``: its
+    Parquet copy (default ``<bi stem>_parquet/`` beside it). A publish that fails after
+    the results are committed fails the flow with :class:`PublishError`; the
+    results stay committed and the old BI copy stays as it was.
     """
     logger = get_run_logger()
     enable_compilation_cache()
@@ -236,6 +252,16 @@ def nightly(
     report.status = "succeeded"
     dbt_build_reports(warehouse, as_of_text)
     lap("reports")
+    publish_failure = None
+    if publish_results:
+        try:
+            report.publication = publish_bi(warehouse, run_id, publish_to, parquet_dir)
+            logger.info("run %s: published %d tables to %s", run_id, len(report.publication.rows),
+                        report.publication.bi_path)
+        except Exception as exc:
+            publish_failure = exc
+            logger.error("run %s: results committed, but the BI copy was not published: %s", run_id, exc)
+    lap("publish")
     try:
         publish_artifacts(run_id, report.lift, failures, report.plots)
     except Exception as exc:  # the results are committed; a missing artifact must not fail the run
@@ -246,4 +272,7 @@ def nightly(
         len(pairs) - len(failure_rows), len(failure_rows),
         ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()),
     )
+    if publish_failure is not None:
+        raise PublishError(f"results of run {run_id} are committed, but the BI copy was not published: "
+                           f"{publish_failure}") from publish_failure
     return report

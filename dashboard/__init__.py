@@ -1,0 +1,1 @@
+"""The glmm-ab dashboard: Streamlit over the published, read-only BI copy."""

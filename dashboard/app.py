@@ -1,0 +1,129 @@
+"""glmm-ab dashboard (Streamlit): ``glmm-ab dashboard`` starts it.
+
+Reads the published BI copy read-only, one connection per query (see
+:mod:`dashboard.data`), so the nightly run can replace it at any time. Pick an
+experiment and a metric; see each treatment's lift with its interval, the chance
+to beat control and the decision, the diagnostics, the article's three pictures
+(trace, per-user predictive, estimated-rate density) drawn from the published
+tables, the chance to win over time, and the health of every experiment.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+if __package__ in (None, ""):  # `streamlit run dashboard/app.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dashboard import charts, data  # noqa: E402
+
+DECISION_BADGES = {  # label, colour
+    "ship": ("Ship", "green"),
+    "keep_control": ("Keep control", "red"),
+    "inconclusive": ("Inconclusive", "gray"),
+    "invalid": ("Invalid", "orange"),
+}
+HEALTH_COLOURS = {"ok": "green", "warning": "orange", "failed": "red"}
+
+
+def published_path() -> Path:
+    args = sys.argv[1:]
+    if "--published" in args and args.index("--published") + 1 < len(args):
+        return Path(args[args.index("--published") + 1])
+    return data.default_published_path()
+
+
+def pct(x: float) -> str:
+    return f"{x:+.1%}"
+
+
+def show_lift(row: dict) -> None:
+    st.subheader(f"{row['variant']} vs {row['control_variant']}")
+    label, colour = DECISION_BADGES.get(row["decision"], (row["decision"], "gray"))
+    st.badge(f"Decision: {label}", color=colour)
+    a, b, c, d = st.columns(4)
+    a.metric("Relative lift", pct(row["relative_lift_mean"]),
+             help="Posterior mean of exp(beta) - 1, with its 95% credible interval below.")
+    a.caption(f"95% interval {pct(row['relative_lift_low'])} to {pct(row['relative_lift_high'])}")
+    b.metric("P(beat control)", f"{row['prob_beat_control']:.1%}")
+    c.metric("Expected count per user", f"{row['expected_count_mean']:.3g}",
+             delta=f"{row['expected_count_mean'] - row['expected_count_control_mean']:+.3g} vs control")
+    d.metric("Users", f"{row['n_users']:,} / {row['n_users_control']:,}", help="treatment / control")
+    st.caption(f"Why: {row['decision_reason']}. Expected loss if shipped {row['expected_loss_ship']:.2%}, "
+               f"if kept {row['expected_loss_keep']:.2%}; P(difference within the ROPE) {row['prob_in_rope']:.1%}.")
+
+
+def show_diagnostics(row: dict) -> None:
+    checks = [
+        ("Converged" if row["converged"] else "Not converged", "green" if row["converged"] else "red"),
+        (f"R-hat {row['max_r_hat']:.3f}", "green" if row["max_r_hat"] <= 1.01 else "orange"),
+        (f"ESS {row['min_ess_bulk']:.0f}", "green" if row["min_ess_bulk"] >= 400 else "orange"),
+        (f"Divergences {row['divergences']}", "green" if row["divergences"] == 0 else "red"),
+        (f"SRM p {row['srm_p_value']:.3f}", "green" if row["srm_p_value"] >= 0.001 else "red"),
+        (f"PPC p {row['ppc_p_value']:.2f}", "green" if row["ppc_p_value"] >= 0.01 else "orange"),
+    ]
+    cols = st.columns(len(checks))
+    for col, (text, colour) in zip(cols, checks):
+        with col:
+            st.badge(text, color=colour)
+
+
+def main() -> None:
+    st.set_page_config(page_title="glmm-ab experiments", layout="wide")
+    st.title("glmm-ab experiment results")
+    path = published_path()
+    try:
+        pub = data.publication(path)
+        pairs = data.pairs(path)
+    except data.DashboardDataError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.caption(f"Published run `{pub['run_id']}` at {pub['published_at']:%Y-%m-%d %H:%M} UTC, from `{path}` (read-only)")
+    if pairs.height == 0:
+        st.warning("The publication holds no experiment results yet.")
+        st.stop()
+
+    experiments = pairs["experiment_id"].unique(maintain_order=True).to_list()
+    experiment = st.sidebar.selectbox("Experiment", experiments, key="experiment")
+    metrics = pairs.filter(pairs["experiment_id"] == experiment)["metric_id"].to_list()
+    metric = st.sidebar.selectbox("Metric", metrics, key="metric")
+
+    rows = data.latest(path, experiment, metric)
+    first = rows.row(0, named=True)
+    st.header(f"{experiment} · {metric}")
+    st.caption(f"Run `{first['run_id']}`, conversions counted up to {first['as_of']:%Y-%m-%d %H:%M}; "
+               f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
+    for row in rows.iter_rows(named=True):
+        show_lift(row)
+    st.markdown("**Diagnostics**")
+    show_diagnostics(first)
+
+    run_id = first["run_id"]
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Chance to win over time")
+        st.altair_chart(charts.lift_history_chart(data.history(path, experiment, metric)), width="stretch")
+    with right:
+        st.subheader("Estimated rate by arm")
+        st.altair_chart(charts.rate_density_chart(data.rate_density(path, run_id, experiment, metric)), width="stretch")
+    st.subheader("Trace plot")
+    st.caption("Thinned posterior draws per chain: well-mixed chains look like overlapping noise.")
+    st.altair_chart(charts.trace_chart(data.trace(path, run_id, experiment, metric)))
+    st.subheader("Per-user predictive")
+    st.caption("Replicated counts of sample users; the dashed red line is what each user did.")
+    st.altair_chart(charts.user_predictive_chart(data.user_predictive(path, run_id, experiment, metric)))
+    with st.expander("Posterior predictive check: observed share of users per count vs the model's interval"):
+        st.altair_chart(charts.predictive_check_chart(data.predictive_check(path, run_id, experiment, metric)),
+                        width="stretch")
+
+    st.subheader("Health")
+    health = data.health(path)
+    for row in health.filter((health["experiment_id"] == experiment) & (health["metric_id"] == metric)).iter_rows(named=True):
+        st.badge(f"Health: {row['health_status']}", color=HEALTH_COLOURS.get(row["health_status"], "gray"))
+        if row["health_reasons"]:
+            st.caption(row["health_reasons"])
+    st.dataframe(health, hide_index=True)
+
+main()

@@ -1,0 +1,187 @@
+{#- One row per experiment x metric of its latest successful run: is the answer
+    trustworthy and current? Sample ratio, assignment conflicts, sampler
+    diagnostics, data freshness, a fit that failed, and whether the newest
+    nightly attempt failed after it. health_status: 'failed' (the decision
+    cannot be trusted), 'warning' (look before you act) or 'ok'. -#}
+with
+
+runs as (
+
+    select * from {{ source('glmm', 'runs') }}
+
+),
+
+diagnostics as (
+
+    select * from {{ source('glmm', 'diagnostics') }}
+
+),
+
+fit_failures as (
+
+    select * from {{ source('glmm', 'fit_failures') }}
+
+),
+
+experiments as (
+
+    select * from {{ ref('stg_experiments') }}
+
+),
+
+metrics as (
+
+    select * from {{ ref('stg_metrics') }}
+
+),
+
+conflicts as (
+
+    select * from {{ ref('dq_assignment_conflicts') }}
+
+),
+
+raw_events as (
+
+    select * from {{ source('raw', 'events') }}
+
+),
+
+raw_assignments as (
+
+    select * from {{ source('raw', 'assignments') }}
+
+),
+
+pair_outcomes as (
+
+    select run_id, experiment_id, metric_id, cast(null as {{ dbt.type_string() }}) as fit_error
+    from diagnostics
+    union all
+    select run_id, experiment_id, metric_id, error as fit_error
+    from fit_failures
+
+),
+
+latest_pairs as (
+
+    select
+        pair_outcomes.*,
+        runs.as_of,
+        runs.finished_at,
+        row_number() over (
+            partition by pair_outcomes.experiment_id, pair_outcomes.metric_id
+            order by runs.finished_at desc, runs.run_id desc
+        ) as recency
+    from pair_outcomes
+    inner join runs on runs.run_id = pair_outcomes.run_id and runs.status = 'succeeded'
+
+),
+
+newest_attempt as (
+
+    select run_id, status, finished_at, message
+    from runs
+    order by finished_at desc, run_id desc
+    limit 1
+
+),
+
+conflicts_per_experiment as (
+
+    select experiment_id, count(*) as n_assignment_conflicts
+    from conflicts
+    group by experiment_id
+
+),
+
+{#- Freshness straight from the raw tables: a plain aggregate, no dedup scan. -#}
+last_event_per_name as (
+
+    select event_name, max(event_at) as last_event_at
+    from raw_events
+    group by event_name
+
+),
+
+last_assignment_per_experiment as (
+
+    select experiment_id, max(assigned_at) as last_assigned_at
+    from raw_assignments
+    group by experiment_id
+
+),
+
+joined as (
+
+    select
+        latest.experiment_id,
+        latest.metric_id,
+        latest.run_id,
+        latest.as_of,
+        latest.finished_at,
+        experiments.control_variant,
+        latest.fit_error,
+        diagnostics.n_users,
+        diagnostics.converged,
+        diagnostics.failure_reasons,
+        diagnostics.divergences,
+        diagnostics.max_r_hat,
+        diagnostics.min_ess_bulk,
+        diagnostics.min_bfmi,
+        diagnostics.srm_p_value,
+        diagnostics.ppc_p_value,
+        coalesce(conflicts_per_experiment.n_assignment_conflicts, 0) as n_assignment_conflicts,
+        last_event_per_name.last_event_at,
+        last_assignment_per_experiment.last_assigned_at,
+        {{ dbt.datediff("last_event_per_name.last_event_at", "latest.as_of", "second") }} / 3600.0
+            as hours_since_last_event,
+        newest_attempt.run_id as newest_attempt_run_id,
+        newest_attempt.status as newest_attempt_status,
+        newest_attempt.finished_at as newest_attempt_finished_at,
+        newest_attempt.message as newest_attempt_message
+    from latest_pairs as latest
+    cross join newest_attempt
+    left join experiments on experiments.experiment_id = latest.experiment_id
+    left join metrics on metrics.metric_id = latest.metric_id
+    left join diagnostics
+        on diagnostics.run_id = latest.run_id
+       and diagnostics.experiment_id = latest.experiment_id
+       and diagnostics.metric_id = latest.metric_id
+    left join conflicts_per_experiment on conflicts_per_experiment.experiment_id = latest.experiment_id
+    left join last_event_per_name on last_event_per_name.event_name = metrics.event_name
+    left join last_assignment_per_experiment on last_assignment_per_experiment.experiment_id = latest.experiment_id
+    where latest.recency = 1
+
+),
+
+final as (
+
+    select
+        *,
+        case
+            when fit_error is not null or not converged then 'failed'
+            when n_assignment_conflicts > 0
+              or last_event_at is null
+              or hours_since_last_event > {{ var('freshness_warn_hours') }}
+              or ppc_p_value < {{ var('ppc_warn_p_value') }}
+              or newest_attempt_status <> 'succeeded' then 'warning'
+            else 'ok'
+        end as health_status,
+        nullif(concat_ws('; ',
+            case when fit_error is not null then 'fit failed: ' || fit_error end,
+            case when not converged then 'checks failed: ' || failure_reasons end,
+            case when n_assignment_conflicts > 0
+                 then cast(n_assignment_conflicts as {{ dbt.type_string() }}) || ' user(s) in more than one variant (excluded)' end,
+            case when last_event_at is null then 'no events of this metric at all' end,
+            case when hours_since_last_event > {{ var('freshness_warn_hours') }}
+                 then 'no new events for ' || cast(round(hours_since_last_event) as {{ dbt.type_string() }}) || ' h before the run' end,
+            case when ppc_p_value < {{ var('ppc_warn_p_value') }} then 'the model misfits the count histogram' end,
+            case when newest_attempt_status <> 'succeeded'
+                 then 'the newest nightly run failed: ' || coalesce(newest_attempt_message, 'no message') end
+        ), '') as health_reasons
+    from joined
+
+)
+
+select * from final

@@ -1,0 +1,150 @@
+"""Publishing the results for BI: a read-only DuckDB copy and Parquet files.
+
+A DuckDB file has one writer or many readers, so a BI client holding the nightly
+warehouse open would make the next run fail with a lock error. BI therefore
+reads a *published copy*, rebuilt after every successful run:
+
+* ``<warehouse stem>_bi.duckdb`` (path configurable): the marts (``fct_*``,
+  ``dq_*``), the report models (``rpt_*``) and every ``glmm.*`` table, as plain
+  tables (dbt-duckdb views name their catalog, which a copy would break). It is
+  written with storage version v1.0.0, so DuckDB 1.x clients — the ones most BI
+  tools bundle — open it. It is built aside and renamed over the old file, so a
+  reader sees the old file or the new one, never half of one; a reader holding
+  the old file open keeps reading it (the rename does not touch its inode) and
+  never blocks the publish.
+* ``<warehouse stem>_bi_parquet/<schema>/<table>.parquet``: the same tables, each
+  file replaced atomically, and ``_publication.json`` naming the run last.
+
+Each copy carries ``main.bi_publication`` (one row): the run it holds and when.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+STORAGE_VERSION = "v1.0.0"
+PUBLISHED_PREFIXES = ("fct_", "dq_", "rpt_")
+
+
+class PublishError(RuntimeError):
+    """The BI copy could not be published; the warehouse's results are unaffected."""
+
+
+@dataclass
+class Publication:
+    bi_path: Path
+    parquet_dir: Path | None
+    run_id: str
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def default_bi_path(warehouse: str | Path) -> Path:
+    warehouse = Path(warehouse)
+    return warehouse.with_name(f"{warehouse.stem}_bi.duckdb")
+
+
+def default_parquet_dir(bi_path: str | Path) -> Path:
+    bi_path = Path(bi_path)
+    return bi_path.with_name(f"{bi_path.stem}_parquet")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def published_tables(con, catalog: str) -> list[tuple[str, str]]:
+    """(schema, table) of every table to publish from ``catalog``."""
+    rows = con.execute(
+        """
+        SELECT table_schema, table_name FROM information_schema.tables
+        WHERE table_catalog = ? AND table_type = 'BASE TABLE'
+          AND (table_schema = 'glmm'
+               OR (table_schema = 'main' AND (""" + " OR ".join("starts_with(table_name, ?)" for _ in PUBLISHED_PREFIXES) + """)))
+        ORDER BY table_schema, table_name
+        """,
+        [catalog, *PUBLISHED_PREFIXES],
+    ).fetchall()
+    return [(schema, table) for schema, table in rows]
+
+
+def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = None,
+            parquet_dir: str | Path | None = None, parquet: bool = True) -> Publication:
+    """Copy the results of ``warehouse`` to the BI file (and Parquet), atomically per file."""
+    started = time.perf_counter()
+    warehouse = Path(warehouse)
+    bi_path = Path(bi_path) if bi_path else default_bi_path(warehouse)
+    if bi_path.resolve() == warehouse.resolve():
+        raise PublishError(f"the BI copy {bi_path} cannot be the warehouse itself")
+    parquet_dir = (Path(parquet_dir) if parquet_dir else default_parquet_dir(bi_path)) if parquet else None
+    bi_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bi_path.with_name(f".{bi_path.name}.{run_id}.tmp")
+    staging = bi_path.with_name(f".{bi_path.stem}_parquet.{run_id}.tmp")
+    for leftover in (tmp, Path(f"{tmp}.wal")):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    publication = Publication(bi_path=bi_path, parquet_dir=parquet_dir, run_id=run_id)
+    published_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    try:
+        con = duckdb.connect()
+        try:
+            con.execute(f"ATTACH {_literal(str(warehouse))} AS wh (READ_ONLY)")
+            con.execute(f"ATTACH {_literal(str(tmp))} AS bi (STORAGE_VERSION {_literal(STORAGE_VERSION)})")
+            tables = published_tables(con, "wh")
+            if not tables:
+                raise PublishError(f"{warehouse} has no result tables to publish")
+            con.execute("BEGIN TRANSACTION")
+            for schema, table in tables:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS bi.{_ident(schema)}")
+                con.execute(f"CREATE TABLE bi.{_ident(schema)}.{_ident(table)} AS "
+                            f"SELECT * FROM wh.{_ident(schema)}.{_ident(table)}")
+                publication.rows[f"{schema}.{table}"] = con.execute(
+                    f"SELECT count(*) FROM bi.{_ident(schema)}.{_ident(table)}").fetchone()[0]
+            con.execute("CREATE TABLE bi.main.bi_publication (run_id VARCHAR NOT NULL, published_at TIMESTAMP NOT NULL, "
+                        "source_warehouse VARCHAR NOT NULL, tables VARCHAR[] NOT NULL)")
+            con.execute("INSERT INTO bi.main.bi_publication VALUES (?, ?, ?, ?)",
+                        [run_id, published_at, str(warehouse.resolve()), list(publication.rows)])
+            con.execute("COMMIT")
+            if parquet_dir is not None:
+                for schema, table in [*tables, ("main", "bi_publication")]:
+                    (staging / schema).mkdir(parents=True, exist_ok=True)
+                    target = staging / schema / f"{table}.parquet"
+                    con.execute(f"COPY bi.{_ident(schema)}.{_ident(table)} TO {_literal(str(target))} (FORMAT parquet)")
+            con.execute("DETACH bi")
+        finally:
+            con.close()
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        # A stale write-ahead log beside the target would be replayed onto the new file.
+        Path(f"{bi_path}.wal").unlink(missing_ok=True)
+        os.replace(tmp, bi_path)
+        if parquet_dir is not None:
+            for source in sorted(staging.rglob("*.parquet")):
+                target = parquet_dir / source.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+            manifest = {"run_id": run_id, "published_at": published_at.isoformat(), "rows": publication.rows}
+            tmp_manifest = parquet_dir / f"._publication.{run_id}.json"
+            tmp_manifest.write_text(json.dumps(manifest, indent=2))
+            os.replace(tmp_manifest, parquet_dir / "_publication.json")
+    except PublishError:
+        raise
+    except (duckdb.Error, OSError) as exc:
+        raise PublishError(f"publishing {warehouse} to {bi_path} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    publication.seconds = time.perf_counter() - started
+    return publication
