@@ -80,7 +80,7 @@ def health(path) -> pl.DataFrame:
     return query(path, """
         SELECT experiment_id, metric_id, health_status, health_reasons, srm_p_value,
                n_assignment_conflicts, converged, max_r_hat, min_ess_bulk, divergences,
-               ppc_p_value, last_event_at, hours_since_last_event, run_id, newest_attempt_status
+               ppc_p_value, last_event_at, hours_since_last_event, run_id
         FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id
     """)
 

@@ -88,7 +88,12 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
     if bi_path.resolve() == warehouse.resolve():
         raise PublishError(f"the BI copy {bi_path} cannot be the warehouse itself")
     parquet_dir = (Path(parquet_dir) if parquet_dir else default_parquet_dir(bi_path)) if parquet else None
-    bi_path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # every folder first: a bad path fails here, before anything is replaced
+        bi_path.parent.mkdir(parents=True, exist_ok=True)
+        if parquet_dir is not None:
+            parquet_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PublishError(f"cannot create the folders of the BI copy ({bi_path}, {parquet_dir}): {exc}") from exc
     tmp = bi_path.with_name(f".{bi_path.name}.{run_id}.tmp")
     staging = bi_path.with_name(f".{bi_path.stem}_parquet.{run_id}.tmp")
     for leftover in (tmp, Path(f"{tmp}.wal")):

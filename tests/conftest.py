@@ -47,3 +47,29 @@ def article_data() -> pl.DataFrame:
 def small_config() -> FitConfig:
     # R-hat threshold relaxed for 2 x 400 draws, so a healthy small fit is not labelled invalid.
     return FitConfig(sampler=SMALL, decision=DecisionRules(max_r_hat=1.05))
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def nightly(harness):
+    from flows.nightly import nightly
+
+    return nightly
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, nightly):
+    """One demo warehouse and two runs of the flow on it (each publishing its BI copy); later tests read it."""
+    from pipeline_helpers import SMALL_FLOW, make_demo
+
+    path = make_demo(tmp_path_factory.mktemp("wh") / "demo.duckdb")
+    first = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
+    second = nightly(warehouse=str(path), **SMALL_FLOW)
+    return path, first, second

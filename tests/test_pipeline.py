@@ -9,50 +9,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from glmm_model import demo_data
 from glmm_model import warehouse as wh
 from glmm_model.schema import SCHEMAS
 
-SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
-EXE = str(Path(sys.executable).with_name("glmm-ab"))
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
-def nightly(harness):
-    from flows.nightly import nightly
-
-    return nightly
-
-
-def make_demo(path: Path) -> Path:
-    with wh.connect(path) as con:
-        wh.load_raw(con, demo_data.build())
-    return path
-
-
-def sql(path, query, params=None):
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return pl.from_arrow(con.execute(query, params or []).to_arrow_table())
-    finally:
-        con.close()
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, nightly):
-    """One demo warehouse and two runs of the flow on it; later tests read it."""
-    path = make_demo(tmp_path_factory.mktemp("wh") / "demo.duckdb")
-    first = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
-    second = nightly(warehouse=str(path), **SMALL_FLOW)
-    return path, first, second
+from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, sql  # noqa: E402
 
 
 def test_demo_run_writes_every_result_table_with_its_types(demo_run):
@@ -92,6 +52,17 @@ def test_dirty_rows_are_handled_by_the_models(demo_run):
     assert sql(path, "SELECT sum(n_users) AS n FROM fct_cv_count_histogram")["n"][0] == counts["n"].sum()
 
 
+def test_health_report_flags_the_planted_assignment_conflicts(demo_run):
+    path, _, second = demo_run
+    health = sql(path, "SELECT * FROM rpt_experiment_health ORDER BY experiment_id, metric_id")
+    assert health.height == 6 and health["run_id"].unique().to_list() == [second.run_id]
+    assert health["n_assignment_conflicts"].to_list() == [2] * 6  # the demo plants two per experiment
+    for row in health.iter_rows(named=True):  # short test chains may miss R-hat <= 1.01: then 'failed'
+        assert row["health_status"] == ("warning" if row["converged"] else "failed"), row
+    assert all("2 user(s) in more than one variant" in r for r in health["health_reasons"])
+    assert (health["hours_since_last_event"] < 48).all() and health["srm_p_value"].is_not_null().all()
+
+
 def test_second_run_adds_a_run_and_latest_picks_it(demo_run):
     path, first, second = demo_run
     assert first.run_id != second.run_id
@@ -129,9 +100,7 @@ def test_results_read_with_plain_sql_as_a_bi_tool_would(demo_run):
 
 
 def test_failing_dbt_test_stops_the_run_before_any_write(demo_run, nightly, tmp_path):
-    # same file name: dbt-duckdb's views name their catalog after the file's stem
-    path = tmp_path / demo_run[0].name
-    path.write_bytes(demo_run[0].read_bytes())
+    path = copy_warehouse(demo_run[0], tmp_path)
     before = {t: sql(path, f"SELECT count(*) AS n FROM glmm.{t}")["n"][0] for t in SCHEMAS}
     con = duckdb.connect(str(path))
     con.execute("INSERT INTO raw.experiments SELECT * FROM raw.experiments LIMIT 1")  # duplicate experiment_id
@@ -169,6 +138,12 @@ def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
     assert stored.height == 1 and stored["run_id"][0] == report.run_id
     row = sql(path, "SELECT * FROM rpt_experiment_results_latest").row(0, named=True)
     assert row["n_users"] + row["n_users_control"] == 120
+    # the health model names both problems: a pair that could not be fitted, and stale data
+    health = {r["experiment_id"]: r for r in sql(path, "SELECT * FROM rpt_experiment_health").iter_rows(named=True)}
+    assert health["lonely"]["health_status"] == "failed" and "only one arm" in health["lonely"]["health_reasons"]
+    assert health["exp1"]["health_status"] == "warning"  # newest event ~Oct 6, run as of Nov 1
+    assert health["exp1"]["hours_since_last_event"] > 48 and "no new events" in health["exp1"]["health_reasons"]
+    assert health["exp1"]["converged"] and health["exp1"]["n_assignment_conflicts"] == 0
 
 
 def test_cli_run_exit_codes(tmp_path):

@@ -1,7 +1,6 @@
 {#- One row per experiment x metric of its latest successful run: is the answer
     trustworthy and current? Sample ratio, assignment conflicts, sampler
-    diagnostics, data freshness, a fit that failed, and whether the newest
-    nightly attempt failed after it. health_status: 'failed' (the decision
+    diagnostics, data freshness, and a fit that failed. health_status: 'failed' (the decision
     cannot be trusted), 'warning' (look before you act) or 'ok'. -#}
 with
 
@@ -78,15 +77,6 @@ latest_pairs as (
 
 ),
 
-newest_attempt as (
-
-    select run_id, status, finished_at, message
-    from runs
-    order by finished_at desc, run_id desc
-    limit 1
-
-),
-
 conflicts_per_experiment as (
 
     select experiment_id, count(*) as n_assignment_conflicts
@@ -135,13 +125,8 @@ joined as (
         last_event_per_name.last_event_at,
         last_assignment_per_experiment.last_assigned_at,
         {{ dbt.datediff("last_event_per_name.last_event_at", "latest.as_of", "second") }} / 3600.0
-            as hours_since_last_event,
-        newest_attempt.run_id as newest_attempt_run_id,
-        newest_attempt.status as newest_attempt_status,
-        newest_attempt.finished_at as newest_attempt_finished_at,
-        newest_attempt.message as newest_attempt_message
+            as hours_since_last_event
     from latest_pairs as latest
-    cross join newest_attempt
     left join experiments on experiments.experiment_id = latest.experiment_id
     left join metrics on metrics.metric_id = latest.metric_id
     left join diagnostics
@@ -164,8 +149,7 @@ final as (
             when n_assignment_conflicts > 0
               or last_event_at is null
               or hours_since_last_event > {{ var('freshness_warn_hours') }}
-              or ppc_p_value < {{ var('ppc_warn_p_value') }}
-              or newest_attempt_status <> 'succeeded' then 'warning'
+              or ppc_p_value < {{ var('ppc_warn_p_value') }} then 'warning'
             else 'ok'
         end as health_status,
         nullif(concat_ws('; ',
@@ -176,9 +160,7 @@ final as (
             case when last_event_at is null then 'no events of this metric at all' end,
             case when hours_since_last_event > {{ var('freshness_warn_hours') }}
                  then 'no new events for ' || cast(round(hours_since_last_event) as {{ dbt.type_string() }}) || ' h before the run' end,
-            case when ppc_p_value < {{ var('ppc_warn_p_value') }} then 'the model misfits the count histogram' end,
-            case when newest_attempt_status <> 'succeeded'
-                 then 'the newest nightly run failed: ' || coalesce(newest_attempt_message, 'no message') end
+            case when ppc_p_value < {{ var('ppc_warn_p_value') }} then 'the model misfits the count histogram' end
         ), '') as health_reasons
     from joined
 

@@ -1,0 +1,34 @@
+"""Helpers shared by the pipeline, publishing and dashboard tests."""
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from glmm_model import demo_data
+from glmm_model import warehouse as wh
+
+SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
+EXE = str(Path(sys.executable).with_name("glmm-ab"))
+
+
+def make_demo(path: Path) -> Path:
+    with wh.connect(path) as con:
+        wh.load_raw(con, demo_data.build())
+    return path
+
+
+def sql(path, query, params=None):
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return pl.from_arrow(con.execute(query, params or []).to_arrow_table())
+    finally:
+        con.close()
+
+
+def copy_warehouse(source: Path, folder: Path) -> Path:
+    """A copy under the same file name: dbt-duckdb's views name their catalog after the file's stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    target.write_bytes(source.read_bytes())
+    return target
