@@ -27,10 +27,10 @@ def trace_chart(draws: pl.DataFrame) -> alt.VConcatChart:
         base = alt.Chart(series).encode(color=alt.Color("chain:N", title="chain"))
         lines = base.mark_line(opacity=0.7, strokeWidth=1).encode(
             x=alt.X("draw:Q", title="draw"), y=alt.Y("value:Q", title=name, scale=alt.Scale(zero=False)),
-        ).properties(width=560, height=110)
+        ).properties(width=480, height=110)
         density = base.transform_density("value", groupby=["chain"], as_=["value", "density"]).mark_line().encode(
             x=alt.X("value:Q", title=name, scale=alt.Scale(zero=False)), y=alt.Y("density:Q", title="density"),
-        ).properties(width=260, height=110)
+        ).properties(width=220, height=110)
         rows.append(alt.hconcat(lines, density))
     return alt.vconcat(*rows)
 
@@ -47,8 +47,8 @@ def user_predictive_chart(rows: pl.DataFrame) -> alt.Chart:
     )
     observed = alt.Chart().mark_rule(color="red", strokeDash=[4, 3], strokeWidth=2).encode(x="observed_mid:Q") \
         .transform_calculate(observed_mid="datum.observed_count + 0.5")
-    return alt.layer(bars, observed, data=data).properties(width=180, height=80).facet(
-        facet=alt.Facet("title:N", title=None, sort=alt.SortField("sample_user")), columns=4,
+    return alt.layer(bars, observed, data=data).properties(width=200, height=80).facet(
+        facet=alt.Facet("title:N", title=None, sort=alt.SortField("sample_user")), columns=3,
     ).resolve_scale(x="independent", y="independent")
 
 
@@ -62,7 +62,7 @@ def rate_density_chart(rows: pl.DataFrame) -> alt.Chart:
         x=alt.X("rate:Q", title="estimated conversions per user"),
         y=alt.Y("density:Q", title="density", stack=None),
         color=alt.Color("arm:N", title="arm", scale=alt.Scale(range=ARM_COLOURS)),
-    ).properties(height=320)
+    ).properties(width=300, height=320)
 
 
 def lift_history_chart(rows: pl.DataFrame) -> alt.Chart:
@@ -72,12 +72,12 @@ def lift_history_chart(rows: pl.DataFrame) -> alt.Chart:
     prob = base.mark_line(point=True).encode(
         y=alt.Y("prob_beat_control:Q", title="P(beat control)", scale=alt.Scale(domain=[0, 1])),
         tooltip=["as_of:T", "variant:N", alt.Tooltip("prob_beat_control:Q", format=".3f"), "decision:N"],
-    ).properties(height=200)
+    ).properties(width=380, height=180)
     band = base.mark_area(opacity=0.2).encode(
         y=alt.Y("relative_lift_low:Q", title="relative lift", axis=alt.Axis(format="%")), y2="relative_lift_high:Q",
     )
     line = base.mark_line(point=True).encode(y="relative_lift_mean:Q")
-    return alt.vconcat(prob, (band + line).properties(height=200))
+    return alt.vconcat(prob, (band + line).properties(width=380, height=180))
 
 
 def predictive_check_chart(rows: pl.DataFrame) -> alt.Chart:

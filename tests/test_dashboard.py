@@ -1,0 +1,171 @@
+"""The dashboard: Streamlit's AppTest on the published copy, and end to end in headless Chromium
+(Debian's package, installed here when missing) while a nightly run replaces the copy underneath."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.publish import default_bi_path
+from pipeline_helpers import EXE, copy_warehouse, sql
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def app_test(bi: Path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GLMM_AB_BI_PATH", str(bi))
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+def latest_row(bi, experiment, metric, variant):
+    return sql(bi, "SELECT * FROM rpt_experiment_results_latest WHERE experiment_id = ? AND metric_id = ? AND variant = ?",
+               [experiment, metric, variant]).row(0, named=True)
+
+
+def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monkeypatch):
+    bi = default_bi_path(demo_run[0])
+    at = app_test(bi, monkeypatch).run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="experiment").options == ["checkout_button", "onboarding_flow", "pricing_copy"]
+    assert at.header[0].value == "checkout_button · add_to_cart"
+    row = latest_row(bi, "checkout_button", "add_to_cart", "treatment")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Relative lift"] == f"{row['relative_lift_mean']:+.1%}"
+    assert metrics["P(beat control)"] == f"{row['prob_beat_control']:.1%}"
+    badges = [m for m in at.markdown.values if "-badge[" in m]
+    decision = {"ship": "Ship", "keep_control": "Keep control", "inconclusive": "Inconclusive", "invalid": "Invalid"}
+    assert any(f"Decision: {decision[row['decision']]}" in b for b in badges)
+    assert any("R-hat" in b for b in badges) and any("SRM p" in b for b in badges)
+    assert any("Health: " in b for b in badges)
+    charts = at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
+    assert len(charts) == 5  # history, rate density, trace, per-user predictive, predictive check
+    assert at.dataframe[0].value.shape[0] == 6  # the health panel: every experiment x metric
+
+    # a three-arm experiment: one lift block per treatment
+    at.sidebar.selectbox(key="experiment").select("onboarding_flow").run()
+    at.sidebar.selectbox(key="metric").select("purchases").run()
+    assert not at.exception
+    assert at.header[0].value == "onboarding_flow · purchases"
+    assert [s.value for s in at.subheader][:2] == ["short_form vs control", "video_intro vs control"]
+
+
+def test_app_says_plainly_when_nothing_is_published(tmp_path, monkeypatch):
+    at = app_test(tmp_path / "nothing.duckdb", monkeypatch).run()
+    assert not at.exception
+    assert "no published results" in at.error[0].value and "glmm-ab demo" in at.error[0].value
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium: installed with apt-get by the test setup when the machine lacks it."""
+    path = shutil.which("chromium")
+    if path is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
+            proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+            assert proc.returncode == 0, f"could not install Debian's chromium: {proc.stderr[-2000:]}"
+        path = shutil.which("chromium")
+    assert path, "chromium is not on PATH after installing it"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the dashboard did not answer at {url} within {timeout} s")
+
+
+def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    warehouse = copy_warehouse(demo_run[0], tmp_path / "wh")
+    bi = default_bi_path(demo_run[0])
+    bi_copy = tmp_path / "wh" / bi.name
+    bi_copy.write_bytes(bi.read_bytes())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GLMM_AB_BI_PATH": ""}
+    server = subprocess.Popen([EXE, "dashboard", "--published", str(bi_copy), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    nightly_run = None
+    try:
+        wait_healthy(url, server)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+            def rendered() -> str:
+                """Load the page, wait until everything is drawn; the run id it says it shows."""
+                page.goto(url, wait_until="domcontentloaded")
+                caption = page.get_by_text(re.compile(r"^Published run \S+ at"))
+                caption.wait_for(timeout=60_000)
+                page.locator("[data-testid='stMetricValue']").first.wait_for(timeout=60_000)
+                page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 5",
+                                       timeout=60_000)
+                assert page.locator("[data-testid='stException']").count() == 0
+                return caption.inner_text().split()[2]
+
+            old_run = sql(bi_copy, "SELECT run_id FROM bi_publication")["run_id"][0]
+            assert rendered() == old_run
+            row = latest_row(bi_copy, "checkout_button", "add_to_cart", "treatment")
+            values = page.locator("[data-testid='stMetricValue']").all_inner_texts()
+            assert values[:2] == [f"{row['relative_lift_mean']:+.1%}", f"{row['prob_beat_control']:.1%}"]
+            for heading in ("Chance to win over time", "Estimated rate by arm", "Trace plot", "Per-user predictive", "Health"):
+                assert page.get_by_role("heading", name=heading).count() == 1, heading
+
+            # the picker: choose another experiment in the sidebar
+            page.locator("[data-testid='stSelectbox']").first.click()
+            page.get_by_role("option", name="pricing_copy").click()
+            page.get_by_text("pricing_copy · add_to_cart").wait_for(timeout=30_000)
+            page.get_by_text("new_copy vs old_copy").wait_for(timeout=30_000)
+
+            # a nightly run publishes a new copy while the dashboard keeps answering from the old one
+            nightly_run = subprocess.Popen(
+                [EXE, "run", "--warehouse", str(warehouse), "--publish-to", str(bi_copy),
+                 "--chains", "2", "--warmup", "200", "--samples", "300"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})
+            shown = []
+            while nightly_run.poll() is None:
+                shown.append(rendered())
+            output = nightly_run.stdout.read()
+            assert nightly_run.returncode == 0, output[-3000:]
+            new_run = sql(bi_copy, "SELECT run_id FROM bi_publication")["run_id"][0]
+            assert new_run != old_run and shown and set(shown) <= {old_run, new_run}
+            assert rendered() == new_run
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.set_viewport_size({"width": 1400, "height": 2400})
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            browser.close()
+    finally:
+        if nightly_run is not None and nightly_run.poll() is None:
+            nightly_run.kill()
+        server.terminate()
+        server.wait(timeout=30)
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 50_000
