@@ -4,6 +4,9 @@
     glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [--method ...] [--exposure] [--plots-dir DIR]
                  [--publish-to PATH] [--parquet-dir DIR] [--no-publish]
     glmm-ab dashboard [--published PATH] [--port N] [--address HOST]
+    glmm-ab status [--warehouse PATH] [--limit N]
+    glmm-ab backfill --from DATE --to DATE [--warehouse PATH] [run options]
+    glmm-ab serve [--cron '0 3 * * *'] [--timezone UTC] [--warehouse PATH] [run options]
 
 Exit codes of ``run`` and ``demo``: 0 when the run succeeded, 1 when it failed
 (its reason is recorded in glmm.runs), 3 when it succeeded but some experiment x
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from glmm_model.cli import CliError, build_parser, run
@@ -64,20 +67,24 @@ def print_lift(report, out=sys.stdout) -> None:
     print(f"seconds per stage: {stages}", file=out)
 
 
-def _run_flow(args, warehouse: str) -> int:
+def flow_parameters(args, warehouse: str) -> dict:
+    """The nightly flow's parameters from the run options (shared by run, demo, backfill and serve)."""
+    return dict(
+        warehouse=warehouse, method=args.method, priors=args.priors, num_chains=args.chains,
+        num_warmup=args.warmup, num_samples=args.samples, seed=args.seed, use_exposure=args.exposure,
+        plots_dir=args.plots_dir, publish_to=args.publish_to or os.environ.get("GLMM_AB_BI_PATH") or None,
+        parquet_dir=args.parquet_dir, publish_results=not args.no_publish,
+    )
+
+
+def _run_flow(args, warehouse: str, as_of: datetime | None = None) -> int:
     _prefect_environment()
     from glmm_model.warehouse import WarehouseError
 
     from .nightly import nightly
 
     try:
-        report = nightly(
-            warehouse=warehouse, as_of=parse_as_of(getattr(args, "as_of", None)), method=args.method,
-            priors=args.priors, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
-            seed=args.seed, use_exposure=args.exposure, plots_dir=args.plots_dir,
-            publish_to=args.publish_to or os.environ.get("GLMM_AB_BI_PATH") or None,
-            parquet_dir=args.parquet_dir, publish_results=not args.no_publish,
-        )
+        report = nightly(as_of=as_of, **flow_parameters(args, warehouse))
     except WarehouseError as exc:
         print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -90,11 +97,65 @@ def _run_flow(args, warehouse: str) -> int:
     return EXIT_PARTIAL if report.failures.height else 0
 
 
-def cmd_run(args) -> int:
+def _existing_warehouse(args) -> str:
     warehouse = args.warehouse or default_warehouse()
     if not Path(warehouse).is_file():
         raise CliError(f"warehouse file not found: {warehouse} (create it with 'glmm-ab demo' or point --warehouse at yours)")
-    return _run_flow(args, warehouse)
+    return warehouse
+
+
+def cmd_run(args) -> int:
+    return _run_flow(args, _existing_warehouse(args), parse_as_of(args.as_of))
+
+
+def parse_date(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"{flag} must be a date such as 2026-11-01, got {text!r}") from exc
+
+
+def cmd_backfill(args) -> int:
+    """One run per as-of date, oldest first; each date's as-of is its midnight (UTC)."""
+    warehouse = _existing_warehouse(args)
+    first, last = parse_date(args.date_from, "--from"), parse_date(args.date_to, "--to")
+    if last < first:
+        raise CliError(f"--to {last} is before --from {first}")
+    if (last - first).days >= 366:
+        raise CliError(f"--from {first} --to {last} spans more than a year; backfill in smaller ranges")
+    codes = {}
+    for k in range((last - first).days + 1):
+        day = first + timedelta(days=k)
+        print(f"\n== backfill {k + 1} of {(last - first).days + 1}: as of {day} 00:00 ==")
+        codes[day] = _run_flow(args, warehouse, datetime.combine(day, datetime.min.time()))
+    failed = [str(d) for d, c in codes.items() if c == EXIT_FAILED]
+    print(f"\nbackfill {first}..{last}: {len(codes) - len(failed)} of {len(codes)} runs succeeded"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if EXIT_PARTIAL in codes.values() else 0
+
+
+def cmd_serve(args) -> int:
+    """Register the nightly deployment with a cron schedule on a Prefect server and run its flow runs."""
+    warehouse = str(Path(_existing_warehouse(args)).resolve())
+    _prefect_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise CliError("serve needs a Prefect server: start one with 'prefect server start' and set "
+                       "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    from .schedule import nightly_schedule, serve_nightly
+
+    try:
+        nightly_schedule(args.cron, args.timezone)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+    parameters = flow_parameters(args, warehouse)
+    for key in ("plots_dir", "publish_to", "parquet_dir"):
+        if parameters[key]:
+            parameters[key] = str(Path(parameters[key]).resolve())
+    serve_nightly(args.name, nightly_schedule(args.cron, args.timezone), parameters)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -123,6 +184,36 @@ def cmd_demo(args) -> int:
         print(f"  or in Python:  duckdb.connect('{bi}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
         print(f"See it in a browser:  glmm-ab dashboard --published {bi}")
     return code
+
+
+def cmd_status(args) -> int:
+    """Print the last runs and every experiment x metric's health; exit 1 when the newest run failed."""
+    from glmm_model import warehouse as wh
+
+    warehouse = Path(args.warehouse or default_warehouse())
+    if not warehouse.is_file():
+        raise CliError(f"warehouse file not found: {warehouse}")
+    try:
+        with wh.connect(warehouse, read_only=True, lock_wait=10) as con:
+            if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'glmm' "
+                               "AND table_name = 'runs'").fetchone()[0]:
+                print(f"{warehouse}: no runs yet")
+                return 0
+            runs = wh.recent_runs(con, args.limit)
+            health = wh.experiment_health(con)
+    except wh.WarehouseError as exc:
+        print(f"glmm-ab: status unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Last {runs.height} run(s) of {warehouse}:")
+    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'failed':>6}  message")
+    for r in runs.iter_rows(named=True):
+        print(f"{r['run_id']:<26} {r['as_of']:%Y-%m-%d %H:%M} {r['finished_at']:%Y-%m-%d %H:%M} {r['status']:<10} "
+              f"{r['pairs_fitted']:>6} {r['pairs_failed']:>6}  {r['message'] or ''}")
+    if health.height:
+        print("\nHealth of the latest results (rpt_experiment_health):")
+        for r in health.iter_rows(named=True):
+            print(f"{r['experiment_id']:<20} {r['metric_id']:<14} {r['health_status']:<8} {r['health_reasons'] or ''}")
+    return EXIT_FAILED if runs.height and runs["status"][0] == "failed" else 0
 
 
 def cmd_dashboard(args) -> int:
@@ -172,6 +263,23 @@ def main(argv=None) -> int:
     p.add_argument("--as-of", default=None, help="count conversions up to this time (ISO timestamp, UTC); default now")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("backfill", help="run the nightly flow for each as-of date of a range, in order")
+    p.add_argument("--warehouse", default=None, help="DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb)")
+    p.add_argument("--from", dest="date_from", required=True, help="first as-of date (YYYY-MM-DD; as of its midnight UTC)")
+    p.add_argument("--to", dest="date_to", required=True, help="last as-of date, inclusive")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("serve", help="serve the nightly deployment on a cron schedule (needs PREFECT_API_URL)")
+    p.add_argument("--warehouse", default=None, help="DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb)")
+    p.add_argument("--cron", default="0 3 * * *", help="when to run (default '0 3 * * *': 03:00 every day)")
+    p.add_argument("--timezone", default="UTC", help="time zone of the cron schedule (IANA name, default UTC)")
+    p.add_argument("--name", default="nightly", help="deployment name (default 'nightly')")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("status", help="print the last runs and the health of every experiment x metric")
+    p.add_argument("--warehouse", default=None, help="DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb)")
+    p.add_argument("--limit", type=int, default=10, help="how many runs (default 10)")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("dashboard", help="start the Streamlit dashboard on the published BI copy (read-only)")
     p.add_argument("--published", default=None,
                    help="the BI copy (default $GLMM_AB_BI_PATH, or the copy beside $GLMM_AB_WAREHOUSE, "

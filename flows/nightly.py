@@ -19,7 +19,6 @@ Steps, each a Prefect task:
 A run that fails records a ``glmm.runs`` row with status 'failed' and its reason;
 nothing else of it is written and earlier results stay as they were.
 """
-from __future__ import annotations
 
 import re
 import time
@@ -75,14 +74,20 @@ def _is_transient(task, task_run, state) -> bool:
     return not isinstance(exc, InputError)
 
 
-@task(retries=2, retry_delay_seconds=2)
+def _is_lock(task, task_run, state) -> bool:
+    """dbt met a lock held by another process: worth another try after a pause."""
+    exc = state.result(raise_on_failure=False)
+    return "lock" in str(exc).lower()
+
+
+@task  # no task retries: connect() itself retries a locked file with backoff
 def prepare_warehouse(warehouse: str) -> None:
     with wh.connect(warehouse) as con:
         wh.check_raw_contract(con)
         wh.create_result_tables(con)
 
 
-@task
+@task(retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=_is_lock)
 def dbt_build_pipeline(warehouse: str, as_of: str) -> int:
     result = run_dbt("build", warehouse, PIPELINE_SELECTOR, as_of)
     for warning in result.warned:
@@ -115,7 +120,7 @@ def write_run(warehouse: str, run_id: str, as_of: datetime, started_at: datetime
         wh.write_run(con, run_id, as_of, started_at, __version__, config, results, failures, message)
 
 
-@task
+@task(retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=_is_lock)
 def dbt_build_reports(warehouse: str, as_of: str) -> int:
     return run_dbt("build", warehouse, REPORTS_SELECTOR, as_of).passed
 
@@ -144,6 +149,17 @@ def publish_artifacts(run_id: str, lift: pl.DataFrame, failures: pl.DataFrame, p
         for name, path in paths.items():
             key = re.sub(r"[^a-z0-9-]+", "-", f"glmm-ab-{pair}-{name}".lower())[:100]
             create_image_artifact(Path(path).resolve().as_uri(), key=key, description=f"{name} of {pair} (run {run_id})")
+
+
+def _record_failure(warehouse, run_id, as_of, started_at, config, message, create=False) -> None:
+    """A 'failed' glmm.runs row; if even that cannot be written (the warehouse is locked or gone), log it."""
+    try:
+        with wh.connect(warehouse, lock_wait=5) as con:
+            if create:
+                wh.create_result_tables(con)
+            wh.record_failed_run(con, run_id, as_of, started_at, __version__, config, message)
+    except Exception as exc:
+        get_run_logger().error("run %s: could not record the failure in glmm.runs: %s", run_id, exc)
 
 
 def _with_keys(frame: pl.DataFrame, experiment_id: str, metric_id: str) -> pl.DataFrame:
@@ -202,9 +218,7 @@ def nightly(
         pairs = list_pairs(warehouse)
     except Exception as exc:
         report.status, report.message = "failed", f"{type(exc).__name__}: {exc}"
-        with wh.connect(warehouse) as con:
-            wh.create_result_tables(con)
-            wh.record_failed_run(con, run_id, as_of, started_at, __version__, config, report.message)
+        _record_failure(warehouse, run_id, as_of, started_at, config, report.message, create=True)
         logger.error("run %s failed before fitting: %s", run_id, report.message)
         raise
 
@@ -245,8 +259,7 @@ def nightly(
         write_run(warehouse, run_id, as_of, started_at, config, tables, failures, report.message)
     except Exception as exc:
         report.status, report.message = "failed", f"writing results failed: {exc}"
-        with wh.connect(warehouse) as con:
-            wh.record_failed_run(con, run_id, as_of, started_at, __version__, config, report.message)
+        _record_failure(warehouse, run_id, as_of, started_at, config, report.message)
         raise
     lap("write")
     report.status = "succeeded"

@@ -10,6 +10,8 @@ not at all, and earlier runs are never touched.
 from __future__ import annotations
 
 import json
+import os
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -47,17 +49,52 @@ def result_table_ddl(table: str) -> str:
     return f"{_KEY_COLUMNS}, {columns}"
 
 
+def lock_timeout() -> float:
+    """Seconds to keep retrying a warehouse another process holds ($GLMM_AB_LOCK_TIMEOUT, default 120)."""
+    try:
+        return max(0.0, float(os.environ.get("GLMM_AB_LOCK_TIMEOUT", "120")))
+    except ValueError as exc:
+        raise WarehouseError(f"GLMM_AB_LOCK_TIMEOUT must be a number of seconds, got {os.environ['GLMM_AB_LOCK_TIMEOUT']!r}") from exc
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return "lock" in str(exc).lower()
+
+
+def open_with_retry(path: Path, read_only: bool, timeout: float | None = None):
+    """duckdb.connect, retried with exponential backoff (0.5 s doubling, at most 10 s) while another
+    process holds the file's lock; then a WarehouseError that says who holds it."""
+    timeout = lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WarehouseError(
+                    f"warehouse {path} is locked by another process; gave up after {timeout:.0f} s of retries "
+                    f"(close the other writer, or point BI tools at the published copy): {exc}"
+                ) from exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 10.0)
+
+
 @contextmanager
-def connect(path: str | Path, read_only: bool = False):
-    """A DuckDB connection, closed on exit (dbt must not meet an open writer)."""
+def connect(path: str | Path, read_only: bool = False, lock_wait: float | None = None):
+    """A DuckDB connection, closed on exit (dbt must not meet an open writer).
+
+    A file locked by another process is retried with backoff for ``lock_wait`` seconds
+    (default ``lock_timeout()``).
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise WarehouseError(f"warehouse file not found: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+    con = open_with_retry(path, read_only, lock_wait)
     try:
         yield con
     finally:
@@ -195,3 +232,24 @@ def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
         for table, frame in tables.items():
             con.execute(f"DELETE FROM raw.{table}")
             append(con, f"raw.{table}", frame)
+
+
+def recent_runs(con, limit: int = 10) -> pl.DataFrame:
+    """The newest runs with how many pairs each fitted and failed."""
+    return query(con, f"""
+        SELECT r.run_id, r.as_of, r.finished_at, r.status,
+               (SELECT count(*) FROM {RESULT_SCHEMA}.diagnostics d WHERE d.run_id = r.run_id) AS pairs_fitted,
+               (SELECT count(*) FROM {RESULT_SCHEMA}.fit_failures f WHERE f.run_id = r.run_id) AS pairs_failed,
+               r.message
+        FROM {RESULT_SCHEMA}.runs r ORDER BY r.finished_at DESC, r.run_id DESC LIMIT ?
+    """, [limit])
+
+
+def experiment_health(con) -> pl.DataFrame:
+    """rpt_experiment_health, or an empty frame before the first successful run built it."""
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
+                         "AND table_name = 'rpt_experiment_health'").fetchone()[0]
+    if not exists:
+        return pl.DataFrame()
+    return query(con, "SELECT experiment_id, metric_id, health_status, health_reasons "
+                      "FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id")

@@ -1,6 +1,8 @@
-{#- One row per successful run x experiment x metric x variant: every lift column
-    over nightly runs ("chance to win over time"). rpt_experiment_results_latest is
-    its newest row per experiment x metric x variant. -#}
+{#- One row per as-of time x experiment x metric x variant: every lift column over
+    nightly runs ("chance to win over time"). A rerun for the same as-of (a retry,
+    a backfill) replaces the earlier answer: the newest successful run per as-of
+    wins, so the history shows one answer per night. rpt_experiment_results_latest
+    is its newest row per experiment x metric x variant. -#}
 with
 
 runs as (
@@ -16,7 +18,7 @@ lift as (
 
 ),
 
-final as (
+joined as (
 
     select
         lift.run_id,
@@ -51,6 +53,34 @@ final as (
         lift.decision_reason
     from lift
     inner join runs on runs.run_id = lift.run_id
+
+),
+
+ranked as (
+
+    select
+        run_id,
+        experiment_id,
+        metric_id,
+        variant,
+        row_number() over (
+            partition by as_of, experiment_id, metric_id, variant
+            order by finished_at desc, run_id desc
+        ) as rerun
+    from joined
+
+),
+
+final as (
+
+    select joined.*
+    from joined
+    inner join ranked
+        on ranked.run_id = joined.run_id
+       and ranked.experiment_id = joined.experiment_id
+       and ranked.metric_id = joined.metric_id
+       and ranked.variant = joined.variant
+    where ranked.rerun = 1
 
 )
 

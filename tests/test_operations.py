@@ -1,0 +1,178 @@
+"""Operations: idempotent reruns, backfill, status, a locked warehouse, and the served cron deployment
+on a real `prefect server start`."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from datetime import date, datetime, timedelta
+
+import duckdb
+import pytest
+
+from glmm_model import warehouse as wh
+from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, sql
+
+SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
+CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+def hold_lock(path, seconds: float) -> subprocess.Popen:
+    """A second process holding the warehouse's write lock for ``seconds``; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, time
+        con = duckdb.connect({str(path)!r})
+        print("holding", flush=True)
+        time.sleep({seconds})
+        con.close()
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_rerun_for_the_same_as_of_gives_the_same_answer_once(demo_run, nightly, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path)
+    as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
+    first = nightly(warehouse=str(path), as_of=as_of, publish_results=False, **SMALL_FLOW)
+    again = nightly(warehouse=str(path), as_of=as_of, publish_results=False, **SMALL_FLOW)
+    lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
+    assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
+    history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
+    assert history.height == 8 and set(history["run_id"]) == {again.run_id}  # one answer for that night
+    latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
+    assert latest["run_id"].to_list() == [again.run_id]
+
+
+def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path)
+    d1 = date.today() - timedelta(days=3)
+    d2 = d1 + timedelta(days=1)
+    proc = subprocess.run([EXE, "backfill", "--warehouse", str(path), "--from", str(d1), "--to", str(d2),
+                           "--no-publish", *SMALL_ARGS], capture_output=True, text=True, env=CLI_ENV, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 of 2 runs succeeded" in proc.stdout
+    runs = sql(path, "SELECT run_id, as_of, status FROM glmm.runs ORDER BY finished_at DESC LIMIT 2")
+    assert runs["as_of"].to_list() == [datetime.combine(d2, datetime.min.time()), datetime.combine(d1, datetime.min.time())]
+    assert runs["status"].to_list() == ["succeeded", "succeeded"]
+    status = subprocess.run([EXE, "status", "--warehouse", str(path), "--limit", "3"], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert runs["run_id"][0] in lines[2] and runs["run_id"][1] in lines[3]  # newest first
+    assert "Health of the latest results" in status.stdout and "checkout_button" in status.stdout
+    bad = subprocess.run([EXE, "backfill", "--warehouse", str(path), "--from", str(d2), "--to", str(d1)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "is before --from" in bad.stderr
+
+
+def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path)
+    holder = hold_lock(path, 3)
+    started = time.monotonic()
+    with wh.connect(path, lock_wait=60) as con:  # waits for the holder to let go
+        assert con.execute("SELECT count(*) FROM glmm.runs").fetchone()[0] == 2
+    assert time.monotonic() - started > 1.0
+    holder.wait(timeout=30)
+
+    holder = hold_lock(path, 120)
+    try:
+        with pytest.raises(wh.WarehouseError, match="locked by another process; gave up after 1 s"):
+            with wh.connect(path, lock_wait=1):
+                pass
+        proc = subprocess.run([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS],
+                              capture_output=True, text=True, env={**CLI_ENV, "GLMM_AB_LOCK_TIMEOUT": "2"}, timeout=600)
+        assert proc.returncode == 1 and "locked by another process" in proc.stderr, proc.stderr[-2000:]
+        status = subprocess.run([EXE, "status", "--warehouse", str(path)], capture_output=True, text=True, timeout=120)
+        assert status.returncode == 1 and "locked" in status.stderr
+    finally:
+        holder.kill()
+    # nothing was lost, and the next run goes through
+    assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'succeeded'")["n"][0] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, *processes):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in processes:
+            assert p.poll() is None, f"{p.args[:3]} exited while waiting for {what}: {p.stdout.read()[-3000:]}"
+        result = check()
+        if result:
+            return result
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+
+async def main(action, arg):
+    async with get_client() as client:
+        if action == "deployment":
+            d = await client.read_deployment_by_name("glmm-ab-nightly/nightly")
+            print(json.dumps({"id": str(d.id), "schedules": [{"cron": s.schedule.cron, "timezone": s.schedule.timezone}
+                                                             for s in d.schedules]}))
+        elif action == "trigger":
+            run = await client.create_flow_run_from_deployment(arg)
+            print(json.dumps({"id": str(run.id)}))
+        else:
+            run = await client.read_flow_run(arg)
+            print(json.dumps({"state": run.state.type.value if run.state else None}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
+"""
+
+
+def test_served_deployment_runs_when_triggered_through_the_api(demo_run, tmp_path):
+    """A real `prefect server start` on loopback; `glmm-ab serve` registers the cron deployment; a run
+    triggered through the API completes and leaves its results in the warehouse."""
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    serve = None
+    try:
+        def healthy():
+            try:
+                return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(healthy, 180, "the Prefect server", server)
+        serve = subprocess.Popen([EXE, "serve", "--warehouse", str(path), "--timezone", "Europe/Berlin",
+                                  "--no-publish", *SMALL_ARGS],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+        def client(*args):
+            proc = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, *args], capture_output=True, text=True,
+                                  env=env, timeout=120)
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+        deployment = wait_for(lambda: client("deployment"), 180, "the deployment to be registered", server, serve)
+        assert deployment["schedules"] == [{"cron": "0 3 * * *", "timezone": "Europe/Berlin"}]
+        run_id = client("trigger", deployment["id"])["id"]
+        state = wait_for(lambda: (s := client("state", run_id)) and s["state"] in ("COMPLETED", "FAILED", "CRASHED")
+                         and s["state"], 600, "the triggered flow run to finish", server, serve)
+        if state != "COMPLETED":
+            serve.terminate()
+            raise AssertionError(f"flow run {state}: {serve.communicate(timeout=30)[0][-4000:]}")
+    finally:
+        for p in (serve, server):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    runs = sql(path, "SELECT status FROM glmm.runs ORDER BY finished_at DESC")
+    assert runs.height == 3 and runs["status"][0] == "succeeded"
