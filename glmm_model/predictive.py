@@ -33,6 +33,8 @@ _SAMPLES_PER_CELL = 2000
 _MAX_EXPOSURE_GROUPS = 16
 _SMALL_MAX_COUNT = 20
 _QUANTILE_BINS = 20
+_MAX_PMF_COUNT = 4096  # bins above this count merge into the open last bin (a bot's 10^6 events)
+_PMF_CHUNK = 256  # counts per quadrature call: bounds memory at draws x groups x chunk x nodes
 
 
 def thin(n_draws: int, n_keep: int, rng: np.random.Generator) -> np.ndarray:
@@ -141,12 +143,14 @@ def quantile_cells(data: ExperimentData, cells: np.ndarray, probs) -> np.ndarray
 
 
 def count_bins(data: ExperimentData) -> np.ndarray:
-    """Lower edges of the count bins; the last bin is open-ended."""
+    """Lower edges of the count bins; the last bin is open-ended. Edges stop at _MAX_PMF_COUNT, so
+    the model's count distribution is never enumerated beyond it, however extreme one user is."""
     max_count = int(data.cell_count.max())
     if max_count <= _SMALL_MAX_COUNT:
         return np.arange(max_count + 2)
     cells = quantile_cells(data, np.arange(data.n_cells), np.linspace(0.0, 0.99, _QUANTILE_BINS))
-    return np.unique(np.concatenate([[0], data.cell_count[cells], [max_count + 1]]))
+    edges = np.unique(np.concatenate([[0], data.cell_count[cells], [max_count + 1]]))
+    return edges[edges <= _MAX_PMF_COUNT]
 
 
 def _exposure_groups(data: ExperimentData, arm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +181,11 @@ def predictive_check(data, beta0, beta, s, n_draws: int, level: float, rng) -> t
         log_e, share = _exposure_groups(data, arm)
         shift = b0 + (b[:, arm - 1] if arm > 0 else 0.0)
         eta = shift[:, None, None] + log_e[None, :, None]  # (J, groups, 1)
-        log_p = q.log_marginal_tiered(values[None, None, :], eta, sd[:, None, None])
-        pmf = (np.exp(log_p) * share[None, :, None]).sum(axis=1)  # (J, values)
+        pmf = np.empty((len(idx), len(values)))  # (J, values)
+        for start in range(0, len(values), _PMF_CHUNK):
+            chunk = values[start:start + _PMF_CHUNK]
+            log_p = q.log_marginal_tiered(chunk[None, None, :], eta, sd[:, None, None])
+            pmf[:, start:start + len(chunk)] = (np.exp(log_p) * share[None, :, None]).sum(axis=1)
         p_bins = np.zeros((len(idx), len(edges)))
         np.add.at(p_bins.T, bin_of, pmf.T)
         p_bins[:, -1] = np.clip(1.0 - p_bins[:, :-1].sum(axis=1), 0.0, 1.0)

@@ -14,6 +14,7 @@ import duckdb
 import pytest
 
 from glmm_model import warehouse as wh
+from glmm_model.schema import SCHEMAS
 from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, sql
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
@@ -176,3 +177,76 @@ def test_served_deployment_runs_when_triggered_through_the_api(demo_run, tmp_pat
                     p.kill()
     runs = sql(path, "SELECT status FROM glmm.runs ORDER BY finished_at DESC")
     assert runs.height == 3 and runs["status"][0] == "succeeded"
+
+
+SLOW_WRITE = """
+import sys
+from datetime import datetime
+import polars as pl
+from glmm_model import warehouse as wh
+from glmm_model.schema import SCHEMAS
+from glmm_model.schema import SCHEMAS
+
+def table(name, rows):  # a result table of `rows` rows in the engine's schema
+    cols = {"experiment_id": pl.Series(["x"] * rows), "metric_id": pl.Series(["m"] * rows)}
+    for column, dtype in SCHEMAS[name].items():
+        cols[column] = pl.repeat("v" if dtype == pl.String else 1, rows, eager=True).cast(dtype)
+    return pl.DataFrame(cols)
+
+results = {name: table(name, 4_000_000 if name == "user_estimates" else 1) for name in SCHEMAS}
+failures = pl.DataFrame(schema={"experiment_id": pl.String, "metric_id": pl.String, "error": pl.String})
+with wh.connect(sys.argv[1]) as con:
+    print("writing", flush=True)
+    wh.write_run(con, "killed-run", datetime.now(), datetime.now(), "test", {}, results, failures, None)
+    print("committed", flush=True)
+"""
+
+
+def snapshot(path, bi):
+    """What a BI user sees: the latest results and the published copy."""
+    latest = "SELECT * FROM rpt_experiment_results_latest ORDER BY experiment_id, metric_id, variant"
+    return sql(path, latest), sql(bi, latest), sql(path, "SELECT run_id, status FROM glmm.runs ORDER BY run_id")
+
+
+def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succeeds(demo_run, nightly, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    bi = tmp_path / "wh" / "demo_bi.duckdb"
+    bi.write_bytes(demo_run[0].with_name("demo_bi.duckdb").read_bytes())
+    before = snapshot(path, bi)
+
+    # 1. killed while fitting: a real `glmm-ab run`, SIGKILLed (with dbt and all) once fitting has begun
+    run = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--chains", "4", "--warmup", "3000",
+                            "--samples", "30000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=CLI_ENV, start_new_session=True)
+    try:
+        for line in run.stdout:
+            if "dbt built the pipeline models" in line:
+                break
+        else:
+            raise AssertionError("the run ended before fitting")
+        time.sleep(3)
+        assert run.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(run.pid, 9)
+        run.wait(timeout=30)
+    after = snapshot(path, bi)
+    for a, b in zip(before, after):
+        assert a.equals(b)  # nothing of the killed run, everything of the earlier ones
+
+    # 2. killed inside the write transaction (4 million rows take seconds to insert)
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(path)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    time.sleep(1.0)
+    writer.kill()
+    rest = writer.communicate(timeout=30)[0]
+    assert "committed" not in rest, "the write finished before the kill: make it slower"
+    for table in list(SCHEMAS) + ["runs", "fit_failures"]:
+        n = sql(path, f"SELECT count(*) AS n FROM glmm.{table} WHERE run_id = 'killed-run'")["n"][0]
+        assert n == 0, f"glmm.{table} kept {n} rows of the killed write"
+    for a, b in zip(before, snapshot(path, bi)):
+        assert a.equals(b)
+
+    # 3. the next run goes through and becomes the latest answer
+    report = nightly(warehouse=str(path), **SMALL_FLOW)
+    assert report.status == "succeeded"
+    assert sql(bi, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")["run_id"].to_list() == [report.run_id]

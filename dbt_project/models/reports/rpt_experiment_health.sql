@@ -1,6 +1,7 @@
 {#- One row per experiment x metric of its latest successful run: is the answer
     trustworthy and current? Sample ratio, assignment conflicts, sampler
-    diagnostics, data freshness, and a fit that failed. health_status: 'failed' (the decision
+    diagnostics, data freshness, the data issues of dq_data_issues, and a fit
+    that failed. health_status: 'failed' (the decision
     cannot be trusted), 'warning' (look before you act) or 'ok'. -#}
 with
 
@@ -37,6 +38,12 @@ metrics as (
 conflicts as (
 
     select * from {{ ref('dq_assignment_conflicts') }}
+
+),
+
+data_issues as (
+
+    select * from {{ ref('dq_data_issues') }}
 
 ),
 
@@ -85,6 +92,20 @@ conflicts_per_experiment as (
 
 ),
 
+{#- Conflicts are counted above; the experiment's other data issues, listed. -#}
+issues_per_experiment as (
+
+    select
+        experiment_id,
+        count(*) as n_data_issues,
+        {{ dbt.listagg("issue || ' (' || cast(n_rows as " ~ dbt.type_string() ~ ") || ')'", "', '", "order by issue") }}
+            as data_issues
+    from data_issues
+    where experiment_id is not null and issue <> 'user_in_several_variants'
+    group by experiment_id
+
+),
+
 {#- Freshness straight from the raw tables: a plain aggregate, no dedup scan. -#}
 last_event_per_name as (
 
@@ -122,6 +143,8 @@ joined as (
         diagnostics.srm_p_value,
         diagnostics.ppc_p_value,
         coalesce(conflicts_per_experiment.n_assignment_conflicts, 0) as n_assignment_conflicts,
+        coalesce(issues_per_experiment.n_data_issues, 0) as n_data_issues,
+        issues_per_experiment.data_issues,
         last_event_per_name.last_event_at,
         last_assignment_per_experiment.last_assigned_at,
         {{ dbt.datediff("last_event_per_name.last_event_at", "latest.as_of", "second") }} / 3600.0
@@ -134,6 +157,7 @@ joined as (
        and diagnostics.experiment_id = latest.experiment_id
        and diagnostics.metric_id = latest.metric_id
     left join conflicts_per_experiment on conflicts_per_experiment.experiment_id = latest.experiment_id
+    left join issues_per_experiment on issues_per_experiment.experiment_id = latest.experiment_id
     left join last_event_per_name on last_event_per_name.event_name = metrics.event_name
     left join last_assignment_per_experiment on last_assignment_per_experiment.experiment_id = latest.experiment_id
     where latest.recency = 1
@@ -147,6 +171,7 @@ final as (
         case
             when fit_error is not null or not converged then 'failed'
             when n_assignment_conflicts > 0
+              or n_data_issues > 0
               or last_event_at is null
               or hours_since_last_event > {{ var('freshness_warn_hours') }}
               or ppc_p_value < {{ var('ppc_warn_p_value') }} then 'warning'
@@ -157,6 +182,7 @@ final as (
             case when not converged then 'checks failed: ' || failure_reasons end,
             case when n_assignment_conflicts > 0
                  then cast(n_assignment_conflicts as {{ dbt.type_string() }}) || ' user(s) in more than one variant (excluded)' end,
+            case when n_data_issues > 0 then 'data issues (dq_data_issues): ' || data_issues end,
             case when last_event_at is null then 'no events of this metric at all' end,
             case when hours_since_last_event > {{ var('freshness_warn_hours') }}
                  then 'no new events for ' || cast(round(hours_since_last_event) as {{ dbt.type_string() }}) || ' h before the run' end,

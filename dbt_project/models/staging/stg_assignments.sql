@@ -1,3 +1,4 @@
+{#- Exposure log, typed; rows with a NULL key are dropped (dq_data_issues counts them). -#}
 with
 
 source as (
@@ -15,6 +16,17 @@ renamed as (
         cast(assigned_at as {{ dbt.type_timestamp() }}) as assigned_at
     from source
 
+),
+
+{#- A row missing any key cannot be attributed: dropped here, counted in dq_data_issues. -#}
+complete as (
+
+    select * from renamed
+    where experiment_id is not null
+      and user_id is not null
+      and variant is not null
+      and assigned_at is not null
+
 )
 
-select * from renamed
+select * from complete

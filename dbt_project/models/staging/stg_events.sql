@@ -15,7 +15,11 @@ typed as (
         cast(event_name as {{ dbt.type_string() }}) as event_name,
         cast(event_at as {{ dbt.type_timestamp() }}) as event_at
     from source
+    -- a row missing any key cannot be counted: dropped, and counted in dq_data_issues
     where event_id is not null
+      and user_id is not null
+      and event_name is not null
+      and event_at is not null
 
 ),
 

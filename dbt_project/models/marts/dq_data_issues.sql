@@ -1,0 +1,228 @@
+{#- Data quality: one row per experiment (NULL where no experiment can be named) x
+    issue found in the raw logs this run, with how many rows it touches and what the
+    pipeline did about it. Nothing here is silently dropped: every row the models
+    exclude or cannot use is counted. severity 'error': the experiment cannot be
+    analysed as it stands (no fit, or no users); 'warning': rows were excluded or
+    look suspicious, the analysis went on without them. -#}
+with
+
+raw_assignments as (
+
+    select * from {{ source('raw', 'assignments') }}
+
+),
+
+raw_events as (
+
+    select * from {{ source('raw', 'events') }}
+
+),
+
+experiments as (
+
+    select * from {{ ref('int_experiment_windows') }}
+
+),
+
+first_exposures as (
+
+    select * from {{ ref('int_first_exposures') }}
+
+),
+
+exposures as (
+
+    select * from {{ ref('int_exposures_in_window') }}
+
+),
+
+conflicts as (
+
+    select * from {{ ref('int_assignment_conflicts') }}
+
+),
+
+user_counts as (
+
+    select * from {{ ref('int_user_conversions') }}
+
+),
+
+null_assignment_keys as (
+
+    select
+        experiment_id,
+        'null_key_in_assignments' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'exposures with a NULL experiment_id, user_id, variant or assigned_at were ignored' as detail
+    from raw_assignments
+    where experiment_id is null or user_id is null or variant is null or assigned_at is null
+    group by experiment_id
+
+),
+
+null_event_keys as (
+
+    select
+        cast(null as {{ dbt.type_string() }}) as experiment_id,
+        'null_key_in_events' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'events with a NULL event_id, user_id, event_name or event_at were ignored' as detail
+    from raw_events
+    where event_id is null or user_id is null or event_name is null or event_at is null
+    having count(*) > 0
+
+),
+
+duplicate_events as (
+
+    select
+        cast(null as {{ dbt.type_string() }}) as experiment_id,
+        'duplicate_event_id' as issue,
+        'warning' as severity,
+        count(*) - count(distinct event_id) as n_rows,
+        'repeated deliveries of an event_id were counted once' as detail
+    from raw_events
+    where event_id is not null
+    having count(*) > count(distinct event_id)
+
+),
+
+future_events as (
+
+    select
+        cast(null as {{ dbt.type_string() }}) as experiment_id,
+        'events_in_the_future' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'events stamped after the time of the run (clock skew?) are never counted' as detail
+    from raw_events
+    where event_at > {{ dbt.current_timestamp() }}
+    having count(*) > 0
+
+),
+
+unknown_experiments as (
+
+    select
+        raw_assignments.experiment_id,
+        'unknown_experiment' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'exposures of an experiment missing from raw.experiments were ignored' as detail
+    from raw_assignments
+    left join experiments on experiments.experiment_id = raw_assignments.experiment_id
+    where raw_assignments.experiment_id is not null and experiments.experiment_id is null
+    group by raw_assignments.experiment_id
+
+),
+
+conflicting_users as (
+
+    select
+        experiment_id,
+        'user_in_several_variants' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'users exposed to more than one variant were excluded (dq_assignment_conflicts lists them)' as detail
+    from conflicts
+    group by experiment_id
+
+),
+
+events_before_exposure as (
+
+    select
+        first_exposures.experiment_id,
+        'events_before_exposure' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'events of exposed users from before their first exposure were not counted' as detail
+    from first_exposures
+    inner join raw_events
+        on raw_events.user_id = first_exposures.user_id
+       and raw_events.event_at < first_exposures.first_exposed_at
+    group by first_exposures.experiment_id
+
+),
+
+arms as (
+
+    select
+        experiments.experiment_id,
+        experiments.control_variant,
+        count(distinct exposures.variant) as n_variants,
+        count(distinct exposures.user_id) as n_users,
+        max(case when exposures.variant = experiments.control_variant then 1 else 0 end) as has_control
+    from experiments
+    left join exposures on exposures.experiment_id = experiments.experiment_id
+    group by experiments.experiment_id, experiments.control_variant
+
+),
+
+arm_issues as (
+
+    select
+        experiment_id,
+        case
+            when n_users = 0 then 'no_users'
+            when has_control = 0 then 'control_variant_missing'
+            else 'single_arm'
+        end as issue,
+        'error' as severity,
+        n_users as n_rows,
+        case
+            when n_users = 0 then 'no exposures inside the experiment''s window: nothing to analyse'
+            when has_control = 0 then 'no user saw the control variant ''' || control_variant || ''': no fit'
+            else 'only one variant was exposed: no fit'
+        end as detail
+    from arms
+    where n_users = 0 or has_control = 0 or n_variants < 2
+
+),
+
+medians as (
+
+    select
+        experiment_id,
+        metric_id,
+        percentile_cont(0.5) within group (order by cv_count) as median_count
+    from user_counts
+    group by experiment_id, metric_id
+
+),
+
+extreme_users as (
+
+    select
+        user_counts.experiment_id,
+        'extreme_user' as issue,
+        'warning' as severity,
+        count(*) as n_rows,
+        'users with more than 1000 times the median count of the experiment''s converting users (bots?); kept in the fit, where the random intercept absorbs them' as detail
+    from user_counts
+    inner join medians
+        on medians.experiment_id = user_counts.experiment_id
+       and medians.metric_id = user_counts.metric_id
+    where user_counts.cv_count > 1000 * medians.median_count
+    group by user_counts.experiment_id
+
+),
+
+final as (
+
+    select * from null_assignment_keys
+    union all select * from null_event_keys
+    union all select * from duplicate_events
+    union all select * from future_events
+    union all select * from unknown_experiments
+    union all select * from conflicting_users
+    union all select * from events_before_exposure
+    union all select * from arm_issues
+    union all select * from extreme_users
+
+)
+
+select * from final
