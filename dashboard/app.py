@@ -124,6 +124,11 @@ def main() -> None:
         st.badge(f"Health: {row['health_status']}", color=HEALTH_COLOURS.get(row["health_status"], "gray"))
         if row["health_reasons"]:
             st.caption(row["health_reasons"])
+    issues = data.data_issues(path, experiment)
+    if issues.height:
+        st.markdown(f"**Data issues** of {experiment} and the event log (dq_data_issues)")
+        st.dataframe(issues, hide_index=True)
+    st.markdown("**Every experiment**")
     st.dataframe(health, hide_index=True)
 
 main()

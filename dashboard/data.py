@@ -85,6 +85,14 @@ def health(path) -> pl.DataFrame:
     """)
 
 
+def data_issues(path, experiment_id: str) -> pl.DataFrame:
+    """dq_data_issues of the experiment and of the event log as a whole (no experiment)."""
+    return query(path, """
+        SELECT coalesce(experiment_id, '(event log)') AS experiment_id, issue, severity, n_rows, detail
+        FROM main.dq_data_issues WHERE experiment_id = ? OR experiment_id IS NULL ORDER BY severity, issue
+    """, [experiment_id])
+
+
 def _picture(path, table: str, run_id: str, experiment_id: str, metric_id: str, order: str) -> pl.DataFrame:
     # table and order are constants of this module, never user input
     return query(path, f"""

@@ -63,6 +63,12 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
+def path_part(identifier: str) -> str:
+    """An experiment or metric id as one safe folder name: ids come from raw data and may hold '/' or '..'."""
+    part = re.sub(r"[^A-Za-z0-9_.=-]+", "_", identifier).strip(".")
+    return part or "_"
+
+
 def pair_seed(base: int, experiment_id: str, metric_id: str) -> int:
     """A fixed seed per pair: reruns give the same answer, pairs get different streams."""
     return (base + zlib.crc32(f"{experiment_id}\x1f{metric_id}".encode())) % (2**31)
@@ -233,7 +239,7 @@ def nightly(
             priors=Priors.from_preset(priors),
             sampler=SamplerConfig(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                                   seed=pair_seed(seed, exp_id, metric_id), progress_bar=False),
-            plots_dir=str(Path(plots_dir) / run_id / exp_id / metric_id) if plots_dir else None,
+            plots_dir=str(Path(plots_dir) / run_id / path_part(exp_id) / path_part(metric_id)) if plots_dir else None,
         )
         try:
             result = fit_pair(data, control, fit_config, exp_id, metric_id)

@@ -1,6 +1,7 @@
 """Raw data nobody cleaned, end to end from raw tables: every problem is named in dq_data_issues and
 rpt_experiment_health, and no lift is silently wrong (the decision is 'invalid' where it must be)."""
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -9,6 +10,7 @@ import pytest
 from glmm_model import warehouse as wh
 from pipeline_helpers import SMALL_FLOW, sql
 
+HOSTILE = "e_x'); DROP TABLE glmm.runs; --/../../escaped"  # an id from raw data: never SQL, never a path
 NOW = datetime.now().replace(microsecond=0)
 T0 = (NOW - timedelta(days=20)).replace(hour=0, minute=0, second=0)
 
@@ -28,7 +30,7 @@ def events_for(users: list[tuple], per_user=lambda i: i % 4, offset=timedelta(da
 def dirty(tmp_path_factory, nightly):
     path = tmp_path_factory.mktemp("dirty") / "dirty.duckdb"
     names = ["e_nulls", "e_stray_arm", "e_conflict", "e_before", "e_one_arm", "e_empty", "e_extreme", "e_future",
-             "e_no_control"]
+             "e_no_control", HOSTILE]
     assignments, events = [], []
     for name in names:
         if name == "e_empty":
@@ -66,7 +68,7 @@ def dirty(tmp_path_factory, nightly):
     con.executemany("INSERT INTO raw.events VALUES (?, ?, ?, ?)", events)
     wh.append(con, "raw.events", bot_events)
     con.close()
-    report = nightly(warehouse=str(path), **SMALL_FLOW)
+    report = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
     return path, report
 
 
@@ -91,7 +93,7 @@ def test_every_raw_problem_is_named_with_its_rows(dirty):
     assert found[("e_no_control", "control_variant_missing")][0] == "error"
     assert found[("e_extreme", "extreme_user")] == ("warning", 1)
     # and nothing else was flagged: the clean experiments stay clean
-    assert not {k for k in found if k[0] in ("e_stray_arm", "e_future")}
+    assert not {k for k in found if k[0] in ("e_stray_arm", "e_future", HOSTILE)}
 
 
 def test_what_was_excluded_is_not_counted(dirty):
@@ -110,7 +112,7 @@ def test_experiments_that_cannot_be_analysed_fail_loudly_and_the_others_go_on(di
     assert set(failed) == {"e_one_arm", "e_no_control"}
     assert "only one arm" in failed["e_one_arm"] and "'A'" in failed["e_no_control"]
     fitted = set(report.lift["experiment_id"])
-    assert fitted == {"e_nulls", "e_stray_arm", "e_conflict", "e_before", "e_extreme", "e_future"}
+    assert fitted == {"e_nulls", "e_stray_arm", "e_conflict", "e_before", "e_extreme", "e_future", HOSTILE}
     health = {r["experiment_id"]: r for r in sql(path, "SELECT * FROM rpt_experiment_health").iter_rows(named=True)}
     assert health["e_one_arm"]["health_status"] == "failed" and "only one arm" in health["e_one_arm"]["health_reasons"]
     assert health["e_no_control"]["health_status"] == "failed"
@@ -135,3 +137,14 @@ def test_a_fit_that_does_not_converge_is_invalid_never_a_decision(dirty, nightly
     health = sql(path, "SELECT health_status, health_reasons FROM rpt_experiment_health WHERE fit_error IS NULL")
     assert set(health["health_status"]) == {"failed"}
     assert all("checks failed" in r for r in health["health_reasons"])
+
+
+def test_ids_from_raw_data_are_values_never_sql_or_paths(dirty):
+    path, report = dirty
+    assert sql(path, "SELECT count(*) AS n FROM glmm.runs")["n"][0] == 1  # still there
+    row = sql(path, "SELECT * FROM rpt_experiment_results_latest WHERE experiment_id = ?", [HOSTILE]).row(0, named=True)
+    assert row["n_users"] + row["n_users_control"] == 120
+    plots = (path.parent / "plots").resolve()
+    written = [Path(p).resolve() for paths in report.plots.values() for p in paths.values()]
+    assert written and all(plots in p.parents for p in written)
+    assert not (path.parent / "escaped").exists() and not (plots.parent / "escaped").exists()

@@ -51,7 +51,9 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     assert any("Health: " in b for b in badges)
     charts = at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
     assert len(charts) == 5  # history, rate density, trace, per-user predictive, predictive check
-    assert at.dataframe[0].value.shape[0] == 6  # the health panel: every experiment x metric
+    planted = {"user_in_several_variants", "duplicate_event_id", "events_before_exposure"}  # the demo's dirty rows
+    assert planted <= set(at.dataframe[0].value["issue"])
+    assert at.dataframe[1].value.shape[0] == 6  # the health panel: every experiment x metric
 
     # a three-arm experiment: one lift block per treatment
     at.sidebar.selectbox(key="experiment").select("onboarding_flow").run()

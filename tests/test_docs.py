@@ -31,3 +31,20 @@ def test_readme_documents_every_output_column_and_the_two_commands():
     assert "glmm-ab demo" in readme and "pytest" in readme
     ci = (ROOT / ".ci/run").read_text()
     assert "pytest" in ci
+
+
+def test_no_credential_in_any_tracked_file_and_the_profile_reads_env_vars():
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    secret = re.compile(r"(password|passwd|secret|api[_-]?key|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{6,}|AKIA[0-9A-Z]{16}", re.I)
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in {".png", ".duckdb", ".parquet"} or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        assert not secret.search(text), f"{name} looks like it holds a credential: {secret.search(text).group(0)}"
+    profile = yaml.safe_load((ROOT / "profiles.yml").read_text())
+    for output in profile["glmm_ab"]["outputs"].values():
+        assert "env_var(" in output["path"]

@@ -55,9 +55,12 @@ def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_pa
                            "--no-publish", *SMALL_ARGS], capture_output=True, text=True, env=CLI_ENV, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 of 2 runs succeeded" in proc.stdout
+    logs = proc.stdout + proc.stderr
     runs = sql(path, "SELECT run_id, as_of, status FROM glmm.runs ORDER BY finished_at DESC LIMIT 2")
     assert runs["as_of"].to_list() == [datetime.combine(d2, datetime.min.time()), datetime.combine(d1, datetime.min.time())]
     assert runs["status"].to_list() == ["succeeded", "succeeded"]
+    for run_id in runs["run_id"]:  # the logs carry the run id
+        assert f"run {run_id}: dbt built the pipeline models" in logs and f"run {run_id} succeeded" in logs
     status = subprocess.run([EXE, "status", "--warehouse", str(path), "--limit", "3"], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()

@@ -39,6 +39,24 @@ def test_demo_run_writes_every_result_table_with_its_types(demo_run):
     assert all(Path(p).stat().st_size > 10_000 for paths in first.plots.values() for p in paths.values())
 
 
+def test_each_run_leaves_its_prefect_artifacts(demo_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    _, first, second = demo_run
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["glmm-ab-lift"])))
+
+    lift_tables = [a.data for a in asyncio.run(read())]
+    for report in (first, second):
+        table = next(t for t in lift_tables if report.run_id in t)
+        assert "| checkout_button | purchases | treatment vs control |" in table and "P(beat control)" in table
+
+
 def test_dirty_rows_are_handled_by_the_models(demo_run):
     path, first, _ = demo_run
     conflicts = sql(path, "SELECT * FROM dq_assignment_conflicts")
