@@ -75,7 +75,7 @@ def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = ["apt-get", "install", "-y", "chromium"]
         if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
             subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
             proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
