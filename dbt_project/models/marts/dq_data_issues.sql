@@ -24,9 +24,19 @@ experiments as (
 
 ),
 
+{#- Tables, not the intermediate views: at 20M events each view would be recomputed. -#}
+user_counts as (
+
+    select * from {{ ref('fct_user_cv_counts') }}
+
+),
+
 first_exposures as (
 
-    select * from {{ ref('int_first_exposures') }}
+    {#- every exposed, conflict-free user has a row for every metric: one metric gives one row per user -#}
+    select experiment_id, user_id, first_exposed_at
+    from user_counts
+    where metric_id = (select min(metric_id) from user_counts)
 
 ),
 
@@ -38,13 +48,7 @@ exposures as (
 
 conflicts as (
 
-    select * from {{ ref('int_assignment_conflicts') }}
-
-),
-
-user_counts as (
-
-    select * from {{ ref('int_user_conversions') }}
+    select * from {{ ref('dq_assignment_conflicts') }}
 
 ),
 
@@ -190,6 +194,7 @@ medians as (
         metric_id,
         percentile_cont(0.5) within group (order by cv_count) as median_count
     from user_counts
+    where cv_count > 0
     group by experiment_id, metric_id
 
 ),
