@@ -195,8 +195,7 @@ def cmd_status(args) -> int:
         raise CliError(f"warehouse file not found: {warehouse}")
     try:
         with wh.connect(warehouse, read_only=True, lock_wait=10) as con:
-            if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'glmm' "
-                               "AND table_name = 'runs'").fetchone()[0]:
+            if not wh.table_exists(con, wh.RESULT_SCHEMA, "runs"):
                 print(f"{warehouse}: no runs yet")
                 return 0
             runs = wh.recent_runs(con, args.limit)

@@ -245,11 +245,14 @@ def recent_runs(con, limit: int = 10) -> pl.DataFrame:
     """, [limit])
 
 
+def table_exists(con, schema: str, table: str) -> bool:
+    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                       [schema, table]).fetchone()[0] > 0
+
+
 def experiment_health(con) -> pl.DataFrame:
     """rpt_experiment_health, or an empty frame before the first successful run built it."""
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
-                         "AND table_name = 'rpt_experiment_health'").fetchone()[0]
-    if not exists:
+    if not table_exists(con, "main", "rpt_experiment_health"):
         return pl.DataFrame()
     return query(con, "SELECT experiment_id, metric_id, health_status, health_reasons "
                       "FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id")

@@ -1,4 +1,5 @@
 """Helpers shared by the pipeline, publishing and dashboard tests."""
+import socket
 import sys
 from pathlib import Path
 
@@ -32,3 +33,9 @@ def copy_warehouse(source: Path, folder: Path) -> Path:
     target = folder / source.name
     target.write_bytes(source.read_bytes())
     return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from glmm_model import warehouse as wh
-from pipeline_helpers import SMALL_FLOW, sql
+from pipeline_helpers import SMALL_FLOW, copy_warehouse, sql
 
 HOSTILE = "e_x'); DROP TABLE glmm.runs; --/../../escaped"  # an id from raw data: never SQL, never a path
 NOW = datetime.now().replace(microsecond=0)
@@ -128,8 +128,7 @@ def test_experiments_that_cannot_be_analysed_fail_loudly_and_the_others_go_on(di
 
 
 def test_a_fit_that_does_not_converge_is_invalid_never_a_decision(dirty, nightly, tmp_path):
-    path = tmp_path / dirty[0].name
-    path.write_bytes(dirty[0].read_bytes())
+    path = copy_warehouse(dirty[0], tmp_path)
     report = nightly(warehouse=str(path), num_chains=2, num_warmup=3, num_samples=30, publish_results=False)
     assert report.status == "succeeded" and report.lift.height > 0
     assert set(report.lift["decision"]) == {"invalid"}

@@ -3,7 +3,6 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.publish import default_bi_path
-from pipeline_helpers import EXE, copy_warehouse, sql
+from pipeline_helpers import EXE, copy_warehouse, free_port, sql
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -85,12 +84,6 @@ def chromium() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,8 +101,7 @@ def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, c
 
     warehouse = copy_warehouse(demo_run[0], tmp_path / "wh")
     bi = default_bi_path(demo_run[0])
-    bi_copy = tmp_path / "wh" / bi.name
-    bi_copy.write_bytes(bi.read_bytes())
+    bi_copy = copy_warehouse(bi, tmp_path / "wh")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GLMM_AB_BI_PATH": ""}

@@ -2,7 +2,6 @@
 on a real `prefect server start`."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 
 from glmm_model import warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, sql
+from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, free_port, sql
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
@@ -94,12 +93,6 @@ def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(demo_run,
         holder.kill()
     # nothing was lost, and the next run goes through
     assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'succeeded'")["n"][0] == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float, what: str, *processes):
@@ -213,8 +206,7 @@ def snapshot(path, bi):
 
 def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succeeds(demo_run, nightly, tmp_path):
     path = copy_warehouse(demo_run[0], tmp_path / "wh")
-    bi = tmp_path / "wh" / "demo_bi.duckdb"
-    bi.write_bytes(demo_run[0].with_name("demo_bi.duckdb").read_bytes())
+    bi = copy_warehouse(demo_run[0].with_name("demo_bi.duckdb"), tmp_path / "wh")
     before = snapshot(path, bi)
 
     # 1. killed while fitting: a real `glmm-ab run`, SIGKILLed (with dbt and all) once fitting has begun
