@@ -91,6 +91,7 @@ def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(demo_run,
         assert status.returncode == 1 and "locked" in status.stderr
     finally:
         holder.kill()
+        holder.wait(timeout=30)  # the lock goes with the process, not with the kill signal
     # nothing was lost, and the next run goes through
     assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'succeeded'")["n"][0] == 2
 
