@@ -103,6 +103,8 @@ class FitConfig:
             raise ValueError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
         if self.sampler.num_chains < 1 or self.sampler.num_samples < 1 or self.sampler.num_warmup < 0:
             raise ValueError("num_chains and num_samples must be >= 1, num_warmup >= 0")
+        if not 0 <= self.sampler.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.sampler.seed}")
 
     def with_(self, **changes) -> "FitConfig":
         return replace(self, **changes)

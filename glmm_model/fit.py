@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import arviz as az
 import numpy as np
 import polars as pl
 
 from . import pictures, predictive, summaries
 from .config import FitConfig
 from .data import ExperimentData, prepare
-from .sampling import sample
+from .sampling import Posterior, sample
 from .schema import SCHEMAS, frame
 
 
@@ -34,11 +33,16 @@ class FitResult:
     posterior_draws: pl.DataFrame
     user_predictive: pl.DataFrame
     rate_density: pl.DataFrame
-    idata: az.InferenceData
+    posterior: Posterior
     data: ExperimentData
     rates: predictive.RateSamples
     config: FitConfig
     plots: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def idata(self):
+        """The posterior as ArviZ ``InferenceData`` (for ArviZ's plots and functions; built on first use)."""
+        return self.posterior.to_inference_data()
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """The result tables by name, as the warehouse stores them."""
@@ -75,8 +79,8 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     posterior = sample(exp, config)
     beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
     level = config.ci_level
-    summary_rows = summaries.posterior_summary(posterior.idata, level)
-    diag = summaries.sampler_diagnostics(posterior.idata, summary_rows, srm)
+    summary_rows = summaries.posterior_summary(posterior.draws, posterior.variants, level)
+    diag = summaries.sampler_diagnostics(posterior.stats, summary_rows, srm)
     failures = diag.failures(config.decision)
     observed_mean = exp.counts_per_arm() / users
     lift = summaries.lift_rows(
@@ -121,10 +125,10 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         diagnostics=frame("diagnostics", [diagnostics_row]),
         predictive_check=frame("predictive_check", ppc_rows),
         user_estimates=frame("user_estimates", user_rows),
-        posterior_draws=frame("posterior_draws", pictures.trace_rows(posterior.idata, exp.variants)),
+        posterior_draws=frame("posterior_draws", pictures.trace_rows(posterior.draws, exp.variants)),
         user_predictive=frame("user_predictive", pictures.user_predictive_rows(exp, rates, picture_rng)),
         rate_density=frame("rate_density", pictures.rate_density_rows(exp, rates, picture_rng)),
-        idata=posterior.idata,
+        posterior=posterior,
         data=exp,
         rates=rates,
         config=config,

@@ -31,14 +31,16 @@ RATE_DRAWS = 20000
 RATE_BINS = 60
 
 
-def trace_rows(idata, variants: tuple[str, ...], per_chain: int = TRACE_DRAWS_PER_CHAIN) -> list[dict]:
-    """Thinned draws per chain: one row per (parameter, variant, chain, draw)."""
-    post = idata.posterior
-    n_draws = post.sizes["draw"]
+def trace_rows(draws: dict, variants: tuple[str, ...], per_chain: int = TRACE_DRAWS_PER_CHAIN) -> list[dict]:
+    """Thinned draws per chain: one row per (parameter, variant, chain, draw).
+
+    ``draws``: ``beta0`` and ``s`` (chain, draw), ``beta`` (chain, draw, treatment arm).
+    """
+    n_draws = draws["beta0"].shape[1]
     keep = thin(n_draws, per_chain, None)
-    series = [("beta0", None, post["beta0"].values)]
-    series += [("beta", v, post["beta"].values[:, :, k]) for k, v in enumerate(variants[1:])]
-    series += [("s", None, post["s"].values)]
+    series = [("beta0", None, draws["beta0"])]
+    series += [("beta", v, draws["beta"][:, :, k]) for k, v in enumerate(variants[1:])]
+    series += [("s", None, draws["s"])]
     rows = []
     for parameter, variant, values in series:
         for chain in range(values.shape[0]):

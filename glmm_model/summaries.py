@@ -1,6 +1,6 @@
 """From posterior draws to the numbers an experimenter decides on.
 
-Pure numpy/ArviZ on draws, no sampler and no warehouse: each function takes
+Pure numpy on draws, no sampler and no warehouse: each function takes
 arrays and returns plain rows, so golden-value tests can feed a hand-made posterior.
 
 Definitions (k: a treatment arm, c: the control; all per unit of exposure, i.e.
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
-from scipy import stats
+from scipy.special import chdtrc
 
+from . import diagnostics
 from .config import DecisionRules
 
 POSTERIOR_PARAMETERS = ("beta0", "beta", "s")
@@ -36,34 +36,36 @@ def interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray
     return low, high
 
 
-def posterior_summary(idata: az.InferenceData, level: float) -> list[dict]:
-    """One row per parameter (and per treatment variant for 'beta')."""
-    ess_bulk = az.ess(idata, var_names=list(POSTERIOR_PARAMETERS), method="bulk")
-    ess_tail = az.ess(idata, var_names=list(POSTERIOR_PARAMETERS), method="tail")
-    r_hat = az.rhat(idata, var_names=list(POSTERIOR_PARAMETERS))
-    mcse = az.mcse(idata, var_names=list(POSTERIOR_PARAMETERS), method="mean")
+def _columns(name: str, values: np.ndarray, variants: tuple[str, ...]):
+    """(variant, (chain, draw) array) for each column of one parameter's draws."""
+    if values.ndim == 3:
+        return [(str(v), values[:, :, j]) for j, v in enumerate(variants)]
+    return [(None, values)]
+
+
+def posterior_summary(draws: dict, variants: tuple[str, ...], level: float) -> list[dict]:
+    """One row per parameter (and per treatment variant for 'beta').
+
+    ``draws``: parameter name -> (chain, draw) array, or (chain, draw, variant) for 'beta'.
+    """
     rows = []
     for name in POSTERIOR_PARAMETERS:
-        values = idata.posterior[name].values
-        flat = values.reshape((values.shape[0] * values.shape[1], -1))
-        variants = list(idata.posterior[name].coords["variant"].values) if name == "beta" else [None]
-        for j, variant in enumerate(variants):
-            d = flat[:, j]
+        for variant, by_chain in _columns(name, np.asarray(draws[name]), variants):
+            d = by_chain.ravel()
             low, high = interval(d, level)
-            pick = (lambda da: da.values[j]) if name == "beta" else (lambda da: da.values)
             rows.append(
                 {
                     "parameter": name,
-                    "variant": None if variant is None else str(variant),
+                    "variant": variant,
                     "mean": float(d.mean()),
                     "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
                     "median": float(np.median(d)),
                     "ci_low": float(low),
                     "ci_high": float(high),
-                    "mcse_mean": float(pick(mcse[name])),
-                    "ess_bulk": float(pick(ess_bulk[name])),
-                    "ess_tail": float(pick(ess_tail[name])),
-                    "r_hat": float(pick(r_hat[name])),
+                    "mcse_mean": diagnostics.mcse_mean(by_chain),
+                    "ess_bulk": diagnostics.ess_bulk(by_chain),
+                    "ess_tail": diagnostics.ess_tail(by_chain),
+                    "r_hat": diagnostics.r_hat(by_chain),
                 }
             )
     return rows
@@ -98,16 +100,18 @@ class Diagnostics:
         return out
 
 
-def sampler_diagnostics(idata: az.InferenceData, summary_rows: list[dict], srm_p_value: float) -> Diagnostics:
-    bfmi = az.bfmi(idata) if idata.posterior.sizes["draw"] > 1 else np.array([np.nan])
+def sampler_diagnostics(stats: dict, summary_rows: list[dict], srm_p_value: float) -> Diagnostics:
+    """``stats``: sampler statistics (chain, draw): ``diverging`` and ``energy``."""
+    energy = np.asarray(stats["energy"])
+    bfmi = diagnostics.bfmi(energy) if energy.shape[1] > 1 else np.array([np.nan])
     return Diagnostics(
-        divergences=int(idata.sample_stats["diverging"].values.sum()),
+        divergences=int(np.asarray(stats["diverging"]).sum()),
         max_r_hat=float(np.nanmax([r["r_hat"] for r in summary_rows])),
         min_ess_bulk=float(np.nanmin([r["ess_bulk"] for r in summary_rows])),
         min_ess_tail=float(np.nanmin([r["ess_tail"] for r in summary_rows])),
         min_bfmi=float(np.nanmin(bfmi)) if np.isfinite(bfmi).any() else float("nan"),
         srm_p_value=srm_p_value,
-        num_chains=int(idata.posterior.sizes["chain"]),
+        num_chains=int(energy.shape[0]),
     )
 
 
@@ -118,7 +122,8 @@ def srm_p_value(users_per_arm: np.ndarray, planned_split: tuple[float, ...] | No
     if split.shape != observed.shape or np.any(split <= 0):
         raise ValueError(f"planned_split needs {observed.size} positive weights, got {planned_split}")
     expected = observed.sum() * split / split.sum()
-    return float(stats.chisquare(observed, expected).pvalue)
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return float(chdtrc(observed.size - 1, statistic))
 
 
 def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: DecisionRules) -> tuple[str, str]:

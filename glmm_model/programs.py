@@ -1,0 +1,145 @@
+"""Compiled sampler programs kept on disk, so a new process neither traces nor compiles them.
+
+A fit's arithmetic takes about a second; what a fresh process paid on top was
+building the program: 3-4 s to trace NumPyro's NUTS kernel into a JAX program, and
+more to compile it. Two layers in one project-local folder
+(``$GLMM_AB_JAX_CACHE``, default ``~/.cache/glmm-ab/jax``) remove both:
+
+* JAX's persistent compilation cache holds the compiled XLA executables;
+* ``jax.export`` files (``programs/*.jax``: the traced program as StableHLO, with
+  its input and output structure) replace tracing. Loading one takes ~0.02 s and
+  compiling it is then a hit in the first layer.
+
+An exported file is named by a digest of everything that changes the program:
+its name and settings, the shapes and dtypes of its inputs, the versions of
+jax, jaxlib and numpyro, and the source of the modules that define the model
+(:mod:`.model`, :mod:`.quadrature`, :mod:`.sampling`). A change to any of them
+gives a new name; an unreadable file is rebuilt, never trusted. Files are written
+to a temporary name and renamed, so two processes building the same program at
+once leave one whole file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+
+log = logging.getLogger(__name__)
+
+_DEFINING_MODULES = ("model.py", "model_inputs.py", "quadrature.py", "sampling.py")
+
+
+class Program(NamedTuple):
+    """A loaded program: ``call`` (jitted) and ``arg_avals``, the shapes and dtypes of its arguments."""
+
+    call: Callable
+    arg_avals: tuple
+
+
+_loaded: dict[str, Program] = {}
+
+
+def cache_dir() -> Path:
+    """The project-local cache folder: ``$GLMM_AB_JAX_CACHE`` or ``~/.cache/glmm-ab/jax``."""
+    return Path(os.environ.get("GLMM_AB_JAX_CACHE") or os.path.expanduser("~/.cache/glmm-ab/jax"))
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
+    """Keep JAX's compiled programs on disk so later processes skip compilation.
+
+    ``path`` defaults to :func:`cache_dir`. Every program is cached, however
+    quickly it compiled. Exported programs go to ``<path>/programs``.
+    """
+    path = str(path or cache_dir())
+    os.makedirs(path, exist_ok=True)
+    os.environ["GLMM_AB_JAX_CACHE"] = path  # exported programs follow the same folder
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "none"
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _DEFINING_MODULES:
+        digest.update((here / name).read_bytes())
+    for package in ("jax", "jaxlib", "numpyro"):
+        digest.update(f"{package}={_version(package)};".encode())
+    return digest.hexdigest()
+
+
+def program_key(name: str, settings: dict, data) -> str:
+    """Digest naming one program: name, settings, data shapes/dtypes and structure, code and versions."""
+    leaves, tree = jax.tree.flatten(data)
+    spec = {
+        "name": name,
+        "settings": settings,
+        "tree": str(tree),
+        "leaves": [(tuple(int(d) for d in leaf.shape), str(leaf.dtype)) for leaf in leaves],
+        "x64": bool(jax.config.jax_enable_x64),
+        "code": _code_digest(),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tuple]]) -> Program:
+    """A compiled program for ``settings`` and inputs shaped like ``data``.
+
+    From this process's memory, else from its exported file, else built: ``build()``
+    returns the function and example arguments (arrays or ``jax.ShapeDtypeStruct``)
+    to trace it with; it is exported and saved. ``data`` (arrays) names the program
+    together with ``name`` and ``settings``: everything else about its inputs must
+    follow from them.
+    """
+    from jax import export
+
+    key = program_key(name, settings, data)
+    if key in _loaded:
+        return _loaded[key]
+    path = cache_dir() / "programs" / f"{name}-{key}.jax"
+    exported = None
+    if path.is_file():
+        try:
+            exported = export.deserialize(bytearray(path.read_bytes()))
+        except Exception as exc:  # a truncated or foreign file: rebuild it
+            log.warning("rebuilding unreadable exported program %s: %s", path, exc)
+    if exported is None:
+        function, example_args = build()
+        exported = export.export(jax.jit(function))(*example_args)
+        try:
+            _write_atomically(path, exported.serialize())
+        except OSError as exc:  # a read-only cache folder costs time, not results
+            log.warning("could not save exported program %s: %s", path, exc)
+    arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
+    program = Program(call=jax.jit(exported.call), arg_avals=tuple(arg_avals))
+    _loaded[key] = program
+    return program
