@@ -4,9 +4,10 @@ The loop is driven with NumPyro's functional NUTS kernel (``numpyro.infer.hmc.hm
 rather than its ``MCMC`` driver, which re-traces its loop on every ``run`` (seconds
 per fit, and ~1,300 leaked memory mappings per fit until LLVM cannot allocate more).
 
-One program per (model, input shapes, sampler settings) advances every chain by
-``CHUNK`` iterations; its first call also draws the initial values and initialises
-the kernel. Chains are vectorised with ``vmap``; the data are arguments (never baked
+One program per (model, input shapes, sampler settings) advances a group of
+chains by ``CHUNK`` iterations; its first call also draws the initial values and
+initialises the kernel. Chains within a group are vectorised with ``vmap``; groups
+run on their own threads (:func:`run_nuts`). The data are arguments (never baked
 in), so every experiment with the same padded shapes reuses the program; the
 program is exported to disk (:mod:`.programs`), so a new process loads it instead
 of tracing NumPyro again, and NumPyro is imported only to build one. Chunks let a
@@ -61,10 +62,6 @@ class Posterior:
         """Draws of one parameter with chains stacked: (draws,) or (draws, variants)."""
         values = self.draws[name]
         return values.reshape((-1,) + values.shape[2:])
-
-    @property
-    def num_chains(self) -> int:
-        return int(self.draws["beta0"].shape[0])
 
     def to_inference_data(self):
         """The draws as ArviZ ``InferenceData`` (built once; ArviZ is imported only here)."""

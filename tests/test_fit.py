@@ -107,6 +107,20 @@ def test_same_seed_same_answer(article_data, small_config):
     assert a.equals(b)
 
 
+def test_odd_chain_count_runs_uneven_groups_and_each_chain_is_its_own(article_data, small_config):
+    """3 chains run as groups of 2 and 1 (two programs, two threads); every chain starts from its own key."""
+    from dataclasses import replace
+
+    config = small_config.with_(sampler=replace(small_config.sampler, num_chains=3))
+    result = fit(article_data, "CG", config)
+    draws = result.posterior.draws["beta0"]
+    assert draws.shape == (3, config.sampler.num_samples)
+    assert len({round(float(chain.mean()), 12) for chain in draws}) == 3
+    assert result.diagnostics["max_r_hat"][0] < 1.05
+    again = fit(article_data, "CG", config).posterior.draws["beta0"]
+    assert (again == draws).all()  # threads do not make the result depend on timing
+
+
 def test_picture_tables_hold_what_the_three_pictures_draw(article_data, small_config):
     result = fit(article_data, "CG", small_config)
     # trace: every chain of every parameter, thinned, and the same values as the posterior

@@ -76,3 +76,7 @@ def test_srm_against_equal_and_planned_split():
     assert srm_p_value(np.array([600, 400]), (0.6, 0.4)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="planned_split"):
         srm_p_value(np.array([1, 2, 3]), (0.5, 0.5))
+    # three arms, uneven plan: scipy's chi-squared test is the reference
+    observed, split = np.array([310, 395, 295]), (0.3, 0.4, 0.3)
+    expected = observed.sum() * np.array(split)
+    assert srm_p_value(observed, split) == pytest.approx(stats.chisquare(observed, expected).pvalue, rel=1e-12)

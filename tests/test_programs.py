@@ -1,0 +1,58 @@
+"""Exported sampler programs: a new process loads them instead of tracing NumPyro, and gets the same draws."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from glmm_model.programs import program_key
+
+FIT_IN_A_PROCESS = r"""
+import json, sys
+from tests.conftest import SMALL, article_frame
+from glmm_model import FitConfig, fit
+from glmm_model.sampling import enable_compilation_cache
+enable_compilation_cache()
+result = fit(article_frame(), "CG", FitConfig(sampler=SMALL))
+print(json.dumps({"means": result.posterior_summary["mean"].to_list(),
+                  "numpyro_imported": "numpyro" in sys.modules, "arviz_imported": "arviz" in sys.modules}))
+"""
+
+
+def _fit(cache: Path) -> dict:
+    env = {**os.environ, "GLMM_AB_JAX_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-c", FIT_IN_A_PROCESS], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_the_program_without_numpyro(tmp_path):
+    cache = tmp_path / "cache"
+    first = _fit(cache)
+    files = sorted((cache / "programs").glob("nuts-collapsed_model-*.jax"))
+    assert len(files) == 1  # two groups of two chains share one program
+    assert first["numpyro_imported"]  # it had to trace the model
+
+    second = _fit(cache)
+    assert not second["numpyro_imported"], "the exported program should have been loaded, not traced"
+    assert not second["arviz_imported"]
+    assert second["means"] == first["means"]
+
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated, as by a full disk
+    third = _fit(cache)
+    assert third["means"] == first["means"]
+    assert files[0].stat().st_size > 1000  # rebuilt and saved whole
+
+
+def test_key_changes_with_shapes_and_settings():
+    import numpy as np
+
+    data = ({"x": np.zeros(8)},)
+    base = program_key("p", {"warmup": 500}, data)
+    assert program_key("p", {"warmup": 500}, data) == base
+    assert program_key("p", {"warmup": 400}, data) != base
+    assert program_key("p", {"warmup": 500}, ({"x": np.zeros(12)},)) != base
+    assert program_key("p", {"warmup": 500}, ({"x": np.zeros(8, np.int32)},)) != base
