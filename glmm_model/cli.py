@@ -90,16 +90,19 @@ def cmd_fit(args) -> int:
         priors = Priors.from_preset(args.priors)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    config = FitConfig(
-        method=args.method,
-        priors=priors,
-        sampler=SamplerConfig(
-            num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples, seed=args.seed,
-            progress_bar=False if args.json else None,
-        ),
-        ci_level=args.ci_level,
-        plots_dir=args.plots_dir,
-    )
+    try:
+        config = FitConfig(
+            method=args.method,
+            priors=priors,
+            sampler=SamplerConfig(
+                num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples, seed=args.seed,
+                progress_bar=False if args.json else None,
+            ),
+            ci_level=args.ci_level,
+            plots_dir=args.plots_dir,
+        )
+    except ValueError as exc:  # settings out of range (chains, draws, seed, interval level)
+        raise CliError(str(exc)) from exc
     enable_compilation_cache()
     try:
         result = fit(data, args.control, config)

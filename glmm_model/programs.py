@@ -13,7 +13,7 @@ more to compile it. Two layers in one project-local folder
 An exported file is named by a digest of everything that changes the program:
 its name and settings, the shapes and dtypes of its inputs, the versions of
 jax, jaxlib and numpyro, and the source of the modules that define the model
-(:mod:`.model`, :mod:`.quadrature`, :mod:`.sampling`). A change to any of them
+(:mod:`.model`, :mod:`.model_inputs`, :mod:`.quadrature`, :mod:`.sampling`). A change to any of them
 gives a new name; an unreadable file is rebuilt, never trusted. Files are written
 to a temporary name and renamed, so two processes building the same program at
 once leave one whole file.

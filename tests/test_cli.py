@@ -79,6 +79,17 @@ def test_missing_and_unsupported_files_exit_2(tmp_path):
     assert out.returncode == 2 and "empty" in out.stderr
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-1", "seed must be in [0, 2**32)"),
+    ("--ci-level", "1.5", "ci_level must be in (0.5, 1)"),
+    ("--chains", "0", "num_chains and num_samples must be >= 1"),
+])
+def test_out_of_range_settings_exit_2_with_the_reason(article_csv, option, value, message):
+    out = run("fit", str(article_csv), "--control", "CG", option, value)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
 def test_progress_bar_shows_in_a_terminal(article_csv):
     """Under a real pseudo-terminal the sampler's progress bar is drawn (and not otherwise, above)."""
     import fcntl
