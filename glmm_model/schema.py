@@ -73,7 +73,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "ci_low": "Lower end of the equal-tailed credible interval (default 95%).",
         "ci_high": "Upper end of the equal-tailed credible interval.",
         "mcse_mean": "Monte Carlo standard error of the mean.",
-        "ess_bulk": "Bulk effective sample size (ArviZ, rank-normalised).",
+        "ess_bulk": "Bulk effective sample size, rank-normalised (Vehtari et al. 2021, as ArviZ computes it).",
         "ess_tail": "Tail effective sample size.",
         "r_hat": "Rank-normalised split R-hat (1.00 is ideal; above 1.01 fails).",
     },
