@@ -207,7 +207,8 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total * len(groups), desc=f"NUTS x{sc.num_chains} chains", file=sys.stderr)
-    workers = max(1, min(len(groups), os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(len(groups), cores))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nuts") as pool:
             per_group = list(pool.map(
