@@ -17,7 +17,6 @@ but whose BI copy could not be published exits 1 and says so.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -216,7 +215,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    """Start the Streamlit dashboard on the published copy (read-only); returns when it stops."""
+    """Start the Streamlit dashboard on the published copy (read-only); this process becomes the server."""
     from dashboard.data import default_published_path
 
     published = Path(args.published) if args.published else default_published_path()
@@ -227,11 +226,12 @@ def cmd_dashboard(args) -> int:
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
                "--server.port", str(args.port), "--server.address", args.address,
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--published", str(published.resolve())]
-    print(f"glmm-ab dashboard on http://{args.address}:{args.port} reading {published} (read-only); Ctrl-C stops it")
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    print(f"glmm-ab dashboard on http://{args.address}:{args.port} reading {published} (read-only); Ctrl-C stops it",
+          flush=True)
+    # Become the Streamlit server rather than its parent: a SIGTERM from a supervisor
+    # (systemd, a container runtime, `kill`) then stops the server itself. As a child,
+    # it outlived a terminated parent and kept the port.
+    os.execv(sys.executable, command)
 
 
 def _add_run_options(p) -> None:

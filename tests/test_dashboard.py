@@ -2,6 +2,7 @@
 (Debian's package, installed here when missing) while a nightly run replaces the copy underneath."""
 import os
 import re
+import socket
 import shutil
 import subprocess
 import sys
@@ -162,4 +163,7 @@ def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, c
             nightly_run.kill()
         server.terminate()
         server.wait(timeout=30)
+    # terminating `glmm-ab dashboard` stops the server itself: nothing keeps the port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 50_000
