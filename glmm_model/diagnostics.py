@@ -10,7 +10,7 @@ scipy.stats), more than a whole fit of the article's example now takes. These
 are the same formulas, step for step (``arviz.stats.diagnostics``), with numpy
 and ``scipy.special`` only; ``tests/test_diagnostics.py`` checks them against
 ArviZ on healthy, stuck, constant and discrete chains. ArviZ still draws the
-trace plot, and ``Posterior.to_inference_data`` hands the draws to it.
+trace plot, and ``Posterior.inference_data`` hands the draws to it.
 """
 from __future__ import annotations
 

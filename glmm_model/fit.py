@@ -42,7 +42,7 @@ class FitResult:
     @property
     def idata(self):
         """The posterior as ArviZ ``InferenceData`` (for ArviZ's plots and functions; built on first use)."""
-        return self.posterior.to_inference_data()
+        return self.posterior.inference_data
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """The result tables by name, as the warehouse stores them."""

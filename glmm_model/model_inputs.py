@@ -1,13 +1,15 @@
 """The model's inputs as arrays: histogram cells split by quadrature tier, and the resolved priors.
 
 Kept apart from :mod:`.model` so that a process whose sampler program is already
-exported (:mod:`.programs`) builds its inputs without importing NumPyro.
+exported (:mod:`.programs`) builds its inputs without importing NumPyro. They are
+numpy arrays: the sampler puts them on the device in one transfer, where building
+each as a JAX array ran (and looked up in the compilation cache) one small program
+per array.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from . import quadrature as q
@@ -18,21 +20,21 @@ from .data import ExperimentData
 class PriorArrays(NamedTuple):
     """Prior hyper-parameters as arrays; ``beta_scale`` has one entry per treatment arm."""
 
-    beta0_loc: jnp.ndarray
-    beta0_scale: jnp.ndarray
-    beta_scale: jnp.ndarray
-    s_rate: jnp.ndarray
+    beta0_loc: np.ndarray
+    beta0_scale: np.ndarray
+    beta_scale: np.ndarray
+    s_rate: np.ndarray
 
 
 class CellTier(NamedTuple):
     """Histogram cells that share one quadrature rule (nodes ``x``, log weights ``log_wx``)."""
 
-    arm: jnp.ndarray
-    log_exposure: jnp.ndarray
-    weight: jnp.ndarray
-    cv_count: jnp.ndarray
-    x: jnp.ndarray
-    log_wx: jnp.ndarray
+    arm: np.ndarray
+    log_exposure: np.ndarray
+    weight: np.ndarray
+    cv_count: np.ndarray
+    x: np.ndarray
+    log_wx: np.ndarray
 
 
 def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
@@ -44,10 +46,10 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
     else:
         loc = priors.beta0_loc
     return PriorArrays(
-        beta0_loc=jnp.asarray(loc, jnp.float64),
-        beta0_scale=jnp.asarray(priors.beta0_scale, jnp.float64),
-        beta_scale=jnp.full((data.num_arms - 1,), priors.beta_scale, jnp.float64),
-        s_rate=jnp.asarray(priors.s_rate, jnp.float64),
+        beta0_loc=np.asarray(loc, np.float64),
+        beta0_scale=np.asarray(priors.beta0_scale, np.float64),
+        beta_scale=np.full((data.num_arms - 1,), priors.beta_scale, np.float64),
+        s_rate=np.asarray(priors.s_rate, np.float64),
     )
 
 
@@ -64,11 +66,11 @@ def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
     tiers = []
     for mask, n_nodes in q.tier_masks(data.cell_count):
         n = int(mask.sum())
-        size = _padded_size(max(n, 1))
+        size = _padded_size(n)
         pad = size - n
 
         def padded(values, fill, dtype):
-            return jnp.asarray(np.concatenate([values[mask], np.full(pad, fill)]).astype(dtype))
+            return np.concatenate([values[mask], np.full(pad, fill)]).astype(dtype)
 
         x, log_wx = q.hermite_rule(n_nodes)
         tiers.append(
@@ -77,8 +79,8 @@ def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
                 log_exposure=padded(np.log(data.cell_exposure), 0.0, np.float64),
                 weight=padded(data.cell_users.astype(np.float64), 0.0, np.float64),
                 cv_count=padded(data.cell_count.astype(np.float64), 0.0, np.float64),
-                x=jnp.asarray(x),
-                log_wx=jnp.asarray(log_wx),
+                x=np.asarray(x, np.float64),
+                log_wx=np.asarray(log_wx, np.float64),
             )
         )
     return tuple(tiers)

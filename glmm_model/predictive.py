@@ -89,7 +89,7 @@ def collapsed_rates(data, beta0, beta, s, rng) -> RateSamples:
     scale = 1.5 * sigma_hat
     z = rng.standard_normal((per_draw,) + eta.shape)
     r = r_star + scale * z
-    log_q = -0.5 * z**2 - 0.5 * np.log(2.0 * np.pi) - np.log(scale)
+    log_q = -0.5 * z**2 - q.HALF_LOG_2PI - np.log(scale)
     log_w = q.log_joint(r, y, eta, s_j, xp=np) - log_l - log_q
     mu = np.exp(eta + r)
     # (per_draw, J, C) -> (C, per_draw * J)

@@ -52,7 +52,7 @@ jax.config.update("jax_enable_x64", True)
 COUNT_TIERS = ((3, 128), (10, 24), (20, 12), (50, 10), (None, 8))
 DEFAULT_NODES = 16
 _NEWTON_STEPS = 8
-_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 
 
 @lru_cache(maxsize=None)
@@ -95,7 +95,7 @@ def laplace_mode(y, eta, s, xp=jnp):
 def log_joint(r, y, eta, s, xp=jnp):
     """log[ Poisson(y | exp(eta + r)) Normal(r | 0, s) ] (all terms)."""
     gammaln, _ = _special(xp)
-    return _log_joint_kernel(r, y, eta, s, xp) - gammaln(y + 1.0) - xp.log(s) - _HALF_LOG_2PI
+    return _log_joint_kernel(r, y, eta, s, xp) - gammaln(y + 1.0) - xp.log(s) - HALF_LOG_2PI
 
 
 def _log_joint_kernel(r, y, eta, s, xp):
@@ -112,7 +112,7 @@ def log_marginal_rule(y, eta, s, x, log_wx, xp=jnp):
     scale = np.sqrt(2.0) * sigma_hat
     r = r_star[..., None] + scale[..., None] * x
     terms = log_wx + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
-    return logsumexp(terms, axis=-1) + xp.log(scale / s) - gammaln(y + 1.0) - _HALF_LOG_2PI
+    return logsumexp(terms, axis=-1) + xp.log(scale / s) - gammaln(y + 1.0) - HALF_LOG_2PI
 
 
 def log_marginal(y, eta, s, n_nodes: int = DEFAULT_NODES, xp=jnp):

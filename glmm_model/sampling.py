@@ -23,8 +23,8 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
 
 import jax
 import numpy as np
@@ -56,26 +56,24 @@ class Posterior:
     variants: tuple
     seconds: float
     r: np.ndarray | None = None
-    _idata: list = field(default_factory=list, repr=False, compare=False)
 
     def flat(self, name: str) -> np.ndarray:
         """Draws of one parameter with chains stacked: (draws,) or (draws, variants)."""
         values = self.draws[name]
         return values.reshape((-1,) + values.shape[2:])
 
-    def to_inference_data(self):
-        """The draws as ArviZ ``InferenceData`` (built once; ArviZ is imported only here)."""
-        if not self._idata:
-            import arviz as az
+    @cached_property
+    def inference_data(self):
+        """The draws as ArviZ ``InferenceData`` (built on first use; ArviZ is imported only here)."""
+        import arviz as az
 
-            self._idata.append(az.from_dict(
-                posterior={name: self.draws[name] for name in SUMMARY_SITES},
-                sample_stats={"diverging": self.stats["diverging"], "energy": self.stats["energy"],
-                              "n_steps": self.stats["n_steps"]},
-                coords={"variant": list(self.variants)},
-                dims={"beta": ["variant"]},
-            ))
-        return self._idata[0]
+        return az.from_dict(
+            posterior={name: self.draws[name] for name in SUMMARY_SITES},
+            sample_stats={"diverging": self.stats["diverging"], "energy": self.stats["energy"],
+                          "n_steps": self.stats["n_steps"]},
+            coords={"variant": list(self.variants)},
+            dims={"beta": ["variant"]},
+        )
 
 
 def _progress(sampler: SamplerConfig) -> bool:
@@ -226,8 +224,6 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
 
 def sample(data: ExperimentData, config: FitConfig) -> Posterior:
     """Draw from the posterior with NUTS on the configured path."""
-    import jax.numpy as jnp
-
     prior = prior_arrays(config.priors, data)
     if config.method == "collapsed":
         tiers = cell_tiers(data)
@@ -236,8 +232,8 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
     else:
         arm, count, exposure = data.per_user()
         model = "latent_model"
-        args = (jnp.asarray(arm, jnp.int32), jnp.asarray(np.log(exposure)), prior)
-        kwargs = {"cv_count": jnp.asarray(count, jnp.float64)}
+        args = (np.asarray(arm, np.int32), np.log(np.asarray(exposure, np.float64)), prior)
+        kwargs = {"cv_count": np.asarray(count, np.float64)}
         # a dense block over the fixed effects; one over every user's r_i would be n x n
         dense = (FIXED_EFFECT_SITES,) if config.sampler.dense_mass else False
         sites = SUMMARY_SITES + ("r",)

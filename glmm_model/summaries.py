@@ -36,7 +36,7 @@ def interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray
     return low, high
 
 
-def _columns(name: str, values: np.ndarray, variants: tuple[str, ...]):
+def _columns(values: np.ndarray, variants: tuple[str, ...]):
     """(variant, (chain, draw) array) for each column of one parameter's draws."""
     if values.ndim == 3:
         return [(str(v), values[:, :, j]) for j, v in enumerate(variants)]
@@ -50,7 +50,7 @@ def posterior_summary(draws: dict, variants: tuple[str, ...], level: float) -> l
     """
     rows = []
     for name in POSTERIOR_PARAMETERS:
-        for variant, by_chain in _columns(name, np.asarray(draws[name]), variants):
+        for variant, by_chain in _columns(np.asarray(draws[name]), variants):
             d = by_chain.ravel()
             low, high = interval(d, level)
             rows.append(
