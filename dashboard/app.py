@@ -14,10 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-if __package__ in (None, ""):  # `streamlit run dashboard/app.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dashboard import charts, data  # noqa: E402
+from dashboard import charts, data  # the installed package, wherever this script runs from
 
 DECISION_BADGES = {  # label, colour
     "ship": ("Ship", "green"),

@@ -1,8 +1,11 @@
 """Running dbt as the analytics engineer does: the ``dbt`` CLI in a subprocess.
 
-A subprocess (rather than dbt's in-process runner) guarantees that dbt's DuckDB
-connection is closed when it returns, so the flow can open the same file next.
-Results are read from ``run_results.json``.
+A subprocess (rather than dbt's in-process runner) guarantees that dbt's
+connection is closed when it returns, so the flow can open the warehouse next.
+The project and profile are the ones the package carries (:mod:`.resources`);
+the warehouse names the profile's target and the environment that points it at
+itself. dbt's target and log folders go to a temporary folder, so an installed,
+read-only package works. Results are read from ``run_results.json``.
 """
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DBT_PROJECT_DIR = Path(os.environ.get("GLMM_AB_DBT_PROJECT_DIR", REPO_ROOT / "dbt_project"))
-DBT_PROFILES_DIR = Path(os.environ.get("GLMM_AB_DBT_PROFILES_DIR", REPO_ROOT))
+from .resources import dbt_profiles_dir, dbt_project_dir
+from .warehouse import Warehouse
 
 # What each dbt step builds.
 PIPELINE_SELECTOR = "path:models/staging path:models/intermediate path:models/marts"
@@ -40,19 +42,21 @@ def dbt_executable() -> str:
     return str(local) if local.exists() else (shutil.which("dbt") or "dbt")
 
 
-def run_dbt(command: str, warehouse: str | Path, selector: str | None = None, as_of: str | None = None,
+def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_of: str | None = None,
             extra: list[str] | None = None) -> DbtResult:
     """Run ``dbt <command>`` against ``warehouse``; raise DbtError naming what failed."""
+    project_dir = dbt_project_dir()
     with tempfile.TemporaryDirectory(prefix="glmm-ab-dbt-") as tmp:
-        args = [dbt_executable(), command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR),
+        args = [dbt_executable(), command, "--project-dir", str(project_dir), "--profiles-dir", str(dbt_profiles_dir()),
+                "--target", warehouse.dbt_target,
                 "--target-path", str(Path(tmp) / "target"), "--log-path", str(Path(tmp) / "logs")]
         if selector:
             args += ["--select", selector]
         if as_of:
             args += ["--vars", json.dumps({"as_of": as_of})]
         args += extra or []
-        env = {**os.environ, "GLMM_AB_WAREHOUSE": str(Path(warehouse).resolve()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=str(DBT_PROJECT_DIR))
+        env = {**os.environ, **warehouse.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp)
         output = proc.stdout + proc.stderr
         results_path = Path(tmp) / "target" / "run_results.json"
         results = json.loads(results_path.read_text())["results"] if results_path.exists() else []

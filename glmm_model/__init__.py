@@ -3,6 +3,10 @@
     from glmm_model import fit, FitConfig
     result = fit(df, control="A")          # polars DataFrame / Arrow table
     result.lift                            # polars DataFrame, one row per treatment arm
+
+The statistics engine only: it imports no warehouse, no dbt and no Prefect, and
+importing it changes nothing process-wide. Entry points call :func:`configure`
+(64-bit JAX, the compilation cache) once; :func:`fit` makes sure it was made.
 """
 import warnings
 
@@ -14,10 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from .config import DecisionRules, FitConfig, Priors, SamplerConfig
 from .data import InputError, prepare
 from .fit import FitResult, fit
+from .runtime import configure
 
 try:
     __version__ = version("glmm-ab")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["fit", "FitConfig", "FitResult", "Priors", "SamplerConfig", "DecisionRules", "InputError", "prepare", "__version__"]
+__all__ = ["fit", "configure", "FitConfig", "FitResult", "Priors", "SamplerConfig", "DecisionRules", "InputError", "prepare", "__version__"]

@@ -93,7 +93,6 @@ class FitConfig:
     decision: DecisionRules = field(default_factory=DecisionRules)
     ci_level: float = 0.95  # equal-tailed posterior intervals
     planned_split: tuple[float, ...] | None = None  # per variant in sorted-name order; None = equal
-    plots_dir: str | None = None  # write the three pictures here when set
     ppc_draws: int = 400  # thinned posterior draws used by the predictive check
 
     def __post_init__(self) -> None:

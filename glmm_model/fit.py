@@ -3,17 +3,19 @@
 Steps: validate and reduce to histogram cells (:mod:`.data`) -> NUTS on the
 collapsed or latent model (:mod:`.sampling`) -> posterior summary, diagnostics,
 lift and decision (:mod:`.summaries`) -> predictive check and per-cell rate
-estimates (:mod:`.predictive`) -> optionally the three pictures (:mod:`.plots`).
+estimates (:mod:`.predictive`) -> the tables behind the three pictures
+(:mod:`.pictures`). Drawing them is the caller's business (:func:`.plots.write_plots`
+reads the result tables), so a picture that cannot be drawn never loses a fit.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from . import pictures, predictive, summaries
+from . import pictures, predictive, runtime, summaries
 from .config import FitConfig
 from .data import ExperimentData, prepare
 from .sampling import Posterior, sample
@@ -37,7 +39,6 @@ class FitResult:
     data: ExperimentData
     rates: predictive.RateSamples
     config: FitConfig
-    plots: dict[str, str] = field(default_factory=dict)
 
     @property
     def idata(self):
@@ -67,6 +68,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     Raises :class:`glmm_model.InputError` on bad input, before any sampling.
     """
     config = config or FitConfig()
+    runtime.ensure_configured()
     started = time.perf_counter()
     exp = prepare(data, control)
     users = exp.users_per_arm()
@@ -119,7 +121,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         "sampling_seconds": posterior.seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    result = FitResult(
+    return FitResult(
         posterior_summary=frame("posterior_summary", summary_rows),
         lift=frame("lift", lift),
         diagnostics=frame("diagnostics", [diagnostics_row]),
@@ -133,8 +135,3 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         rates=rates,
         config=config,
     )
-    if config.plots_dir:
-        from .plots import write_plots
-
-        result.plots.update(write_plots(result, config.plots_dir))
-    return result

@@ -1,13 +1,17 @@
-"""The source article's three pictures as PNGs, drawn from a fit result (never by refitting).
+"""The source article's three pictures as PNGs, drawn from a fit's result tables (never by refitting).
 
-1. ``trace.png`` — ArviZ trace plot of beta0, beta and s (every draw).
+1. ``trace.png`` — ArviZ trace plot of beta0, beta and s (the thinned draws of
+   ``posterior_draws``, per chain).
 2. ``user_predictive.png`` — for 10 sample users, the posterior predictive
    distribution of their count with the observed count marked (red dashed line).
 3. ``rate_density.png`` — density of the estimated per-user rate mu in each arm
    (the article's TG/CG plot).
 
-Pictures 2 and 3 are drawn from the fit's ``user_predictive`` and ``rate_density``
-tables (:mod:`.pictures`), the same rows the warehouse and the dashboard get.
+All three are drawn from the fit's ``posterior_draws``, ``user_predictive`` and
+``rate_density`` tables (:mod:`.pictures`), the same rows the warehouse and the
+dashboard get: whoever holds a fit's tables (the CLI, the nightly flow after its
+fits came back from the task runner) can draw them, and a picture that fails
+never loses the fit.
 """
 from __future__ import annotations
 
@@ -18,11 +22,31 @@ import matplotlib
 matplotlib.use("Agg")
 import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+PICTURES = ("trace", "user_predictive", "rate_density")
 
-def plot_trace(result, path: Path) -> None:
-    axes = az.plot_trace(result.idata, var_names=["beta0", "beta", "s"], compact=True)
+
+def trace_data(draws: pl.DataFrame):
+    """``posterior_draws`` rows (parameter, variant, chain, draw, value) as ArviZ ``InferenceData``."""
+
+    def grid(rows: pl.DataFrame) -> np.ndarray:  # (chain, draw)
+        rows = rows.sort("chain", "draw")
+        return rows["value"].to_numpy().reshape(rows["chain"].n_unique(), -1)
+
+    beta = draws.filter(pl.col("parameter") == "beta")
+    variants = beta["variant"].unique(maintain_order=True).to_list()
+    posterior = {
+        "beta0": grid(draws.filter(pl.col("parameter") == "beta0")),
+        "beta": np.stack([grid(beta.filter(pl.col("variant") == v)) for v in variants], axis=-1),
+        "s": grid(draws.filter(pl.col("parameter") == "s")),
+    }
+    return az.from_dict(posterior=posterior, coords={"variant": variants}, dims={"beta": ["variant"]})
+
+
+def plot_trace(draws: pl.DataFrame, path: Path) -> None:
+    axes = az.plot_trace(trace_data(draws), var_names=["beta0", "beta", "s"], compact=True)
     axes.ravel()[0].figure.tight_layout()
     axes.ravel()[0].figure.savefig(path, dpi=100)
     plt.close("all")
@@ -59,12 +83,16 @@ def plot_rate_density(table: pl.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(result, directory) -> dict[str, str]:
-    """Write the three pictures into ``directory``; return name -> path."""
+def write_plots(tables, directory) -> dict[str, str]:
+    """Write the three pictures into ``directory`` from one fit's result tables; return name -> path.
+
+    ``tables``: name -> frame, as :meth:`glmm_model.FitResult.tables` returns them
+    (extra key columns such as ``experiment_id`` are ignored).
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"{name}.png" for name in ("trace", "user_predictive", "rate_density")}
-    plot_trace(result, paths["trace"])
-    plot_user_predictive(result.user_predictive, paths["user_predictive"])
-    plot_rate_density(result.rate_density, paths["rate_density"])
+    paths = {name: out / f"{name}.png" for name in PICTURES}
+    plot_trace(tables["posterior_draws"], paths["trace"])
+    plot_user_predictive(tables["user_predictive"], paths["user_predictive"])
+    plot_rate_density(tables["rate_density"], paths["rate_density"])
     return {k: str(v) for k, v in paths.items()}

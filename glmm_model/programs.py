@@ -52,21 +52,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GLMM_AB_JAX_CACHE") or os.path.expanduser("~/.cache/glmm-ab/jax"))
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
-    """Keep JAX's compiled programs on disk so later processes skip compilation.
-
-    ``path`` defaults to :func:`cache_dir`. Every program is cached, however
-    quickly it compiled. Exported programs go to ``<path>/programs``.
-    """
-    path = str(path or cache_dir())
-    os.makedirs(path, exist_ok=True)
-    os.environ["GLMM_AB_JAX_CACHE"] = path  # exported programs follow the same folder
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
-
-
 def _version(package: str) -> str:
     try:
         return version(package)

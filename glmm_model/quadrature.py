@@ -41,8 +41,6 @@ import numpy as np
 import jax.scipy.special as jsp
 import scipy.special as sp
 
-jax.config.update("jax_enable_x64", True)
-
 # Node counts by count tier, measured against scipy.integrate.quad over counts
 # 0..10,000, eta -5..8, s 0.05..3 (tests/test_quadrature.py). y = 0 with a large s
 # is the hard case (a prior tail cut by a soft step): 128 nodes keep it under 2e-7.

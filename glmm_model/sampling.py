@@ -33,7 +33,6 @@ from . import programs
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData
 from .model_inputs import cell_tiers, prior_arrays
-from .programs import enable_compilation_cache  # noqa: F401 (re-exported: callers import it from here)
 
 CHUNK = 100
 CHAINS_PER_GROUP = 2

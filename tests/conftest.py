@@ -14,10 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from glmm_model import DecisionRules, FitConfig, SamplerConfig
-from glmm_model.sampling import enable_compilation_cache
+from glmm_model import DecisionRules, FitConfig, SamplerConfig, configure
 
-enable_compilation_cache()
+configure()
 
 SMALL = SamplerConfig(num_chains=2, num_warmup=300, num_samples=400, seed=1, progress_bar=False)
 
@@ -67,9 +66,9 @@ def nightly(harness):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, nightly):
     """One demo warehouse and two runs of the flow on it (each publishing its BI copy); later tests read it."""
-    from pipeline_helpers import SMALL_FLOW, make_demo
+    from pipeline_helpers import small, make_demo
 
     path = make_demo(tmp_path_factory.mktemp("wh") / "demo.duckdb")
-    first = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
-    second = nightly(warehouse=str(path), **SMALL_FLOW)
+    first = nightly(warehouse=str(path), options=small(plots_dir=str(path.parent / "plots")))
+    second = nightly(warehouse=str(path), options=small())
     return path, first, second

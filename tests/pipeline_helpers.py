@@ -6,16 +6,21 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from glmm_model import demo_data
-from glmm_model import warehouse as wh
+from flows.demo import build
+from flows.options import RunOptions
+from flows.warehouse import open_warehouse
 
 SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
+
+
+def small(**changes) -> RunOptions:
+    """Run options with small sampler settings (2 chains x (200 + 300))."""
+    return RunOptions(**{**SMALL_FLOW, **changes})
 EXE = str(Path(sys.executable).with_name("glmm-ab"))
 
 
 def make_demo(path: Path) -> Path:
-    with wh.connect(path) as con:
-        wh.load_raw(con, demo_data.build())
+    open_warehouse(path).load_raw(build())
     return path
 
 

@@ -7,8 +7,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from glmm_model import warehouse as wh
-from pipeline_helpers import SMALL_FLOW, copy_warehouse, sql
+from flows.warehouse import duckdb_warehouse as wh
+from flows.options import RunOptions
+from pipeline_helpers import copy_warehouse, small, sql
 
 HOSTILE = "e_x'); DROP TABLE glmm.runs; --/../../escaped"  # an id from raw data: never SQL, never a path
 NOW = datetime.now().replace(microsecond=0)
@@ -68,7 +69,7 @@ def dirty(tmp_path_factory, nightly):
     con.executemany("INSERT INTO raw.events VALUES (?, ?, ?, ?)", events)
     wh.append(con, "raw.events", bot_events)
     con.close()
-    report = nightly(warehouse=str(path), plots_dir=str(path.parent / "plots"), **SMALL_FLOW)
+    report = nightly(warehouse=str(path), options=small(plots_dir=str(path.parent / "plots")))
     return path, report
 
 
@@ -129,7 +130,7 @@ def test_experiments_that_cannot_be_analysed_fail_loudly_and_the_others_go_on(di
 
 def test_a_fit_that_does_not_converge_is_invalid_never_a_decision(dirty, nightly, tmp_path):
     path = copy_warehouse(dirty[0], tmp_path)
-    report = nightly(warehouse=str(path), num_chains=2, num_warmup=3, num_samples=30, publish_results=False)
+    report = nightly(warehouse=str(path), options=RunOptions(num_chains=2, num_warmup=3, num_samples=30, publish_results=False))
     assert report.status == "succeeded" and report.lift.height > 0
     assert set(report.lift["decision"]) == {"invalid"}
     assert all("r_hat" in r.lower() or "ess" in r.lower() for r in report.lift["decision_reason"])

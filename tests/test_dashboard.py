@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.publish import default_bi_path
+from flows.warehouse.duckdb_publish import default_bi_path
 from pipeline_helpers import EXE, copy_warehouse, free_port, sql
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from datetime import date, datetime, timedelta
 import duckdb
 import pytest
 
-from glmm_model import warehouse as wh
+from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, free_port, sql
+from pipeline_helpers import EXE, small, copy_warehouse, free_port, sql
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
@@ -36,8 +36,8 @@ def hold_lock(path, seconds: float) -> subprocess.Popen:
 def test_a_rerun_for_the_same_as_of_gives_the_same_answer_once(demo_run, nightly, tmp_path):
     path = copy_warehouse(demo_run[0], tmp_path)
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
-    first = nightly(warehouse=str(path), as_of=as_of, publish_results=False, **SMALL_FLOW)
-    again = nightly(warehouse=str(path), as_of=as_of, publish_results=False, **SMALL_FLOW)
+    first = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
+    again = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
     lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
     assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
@@ -180,8 +180,8 @@ SLOW_WRITE = """
 import sys
 from datetime import datetime
 import polars as pl
-from glmm_model import warehouse as wh
-from glmm_model.schema import SCHEMAS
+from flows.warehouse import duckdb_warehouse as wh
+from flows.warehouse import RunRecord
 from glmm_model.schema import SCHEMAS
 
 def table(name, rows):  # a result table of `rows` rows in the engine's schema
@@ -194,7 +194,7 @@ results = {name: table(name, 4_000_000 if name == "user_estimates" else 1) for n
 failures = pl.DataFrame(schema={"experiment_id": pl.String, "metric_id": pl.String, "error": pl.String})
 with wh.connect(sys.argv[1]) as con:
     print("writing", flush=True)
-    wh.write_run(con, "killed-run", datetime.now(), datetime.now(), "test", {}, results, failures, None)
+    wh.write_run(con, RunRecord("killed-run", datetime.now(), datetime.now(), "test", {}), results, failures, None)
     print("committed", flush=True)
 """
 
@@ -243,6 +243,6 @@ def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succ
         assert a.equals(b)
 
     # 3. the next run goes through and becomes the latest answer
-    report = nightly(warehouse=str(path), **SMALL_FLOW)
+    report = nightly(warehouse=str(path), options=small())
     assert report.status == "succeeded"
     assert sql(bi, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")["run_id"].to_list() == [report.run_id]

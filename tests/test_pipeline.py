@@ -9,10 +9,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from glmm_model import warehouse as wh
+from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
 
-from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, sql  # noqa: E402
+from pipeline_helpers import EXE, small, copy_warehouse, sql  # noqa: E402
 
 
 def test_demo_run_writes_every_result_table_with_its_types(demo_run):
@@ -124,7 +124,7 @@ def test_failing_dbt_test_stops_the_run_before_any_write(demo_run, nightly, tmp_
     con.execute("INSERT INTO raw.experiments SELECT * FROM raw.experiments LIMIT 1")  # duplicate experiment_id
     con.close()
     with pytest.raises(Exception, match="unique"):
-        nightly(warehouse=str(path), **SMALL_FLOW)
+        nightly(warehouse=str(path), options=small())
     after = {t: sql(path, f"SELECT count(*) AS n FROM glmm.{t}")["n"][0] for t in SCHEMAS}
     assert after == before
     failed = sql(path, "SELECT status, message FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
@@ -147,7 +147,7 @@ def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
     events = [(f"e{i}_{k}", f"u{i}", "signup", t0 + timedelta(days=1, hours=i, minutes=k)) for i in range(120) for k in range(i % 4 + (i % 2))]
     con.executemany("INSERT INTO raw.events VALUES (?, ?, ?, ?)", events)
     con.close()
-    report = nightly(warehouse=str(path), as_of=datetime(2026, 11, 1), **SMALL_FLOW)
+    report = nightly(warehouse=str(path), as_of=datetime(2026, 11, 1), options=small())
     assert report.status == "succeeded"
     assert report.lift["experiment_id"].to_list() == ["exp1"]
     assert report.failures.row(0, named=True)["experiment_id"] == "lonely"

@@ -12,9 +12,8 @@ from glmm_model.programs import program_key
 FIT_IN_A_PROCESS = r"""
 import json, sys
 from tests.conftest import SMALL, article_frame
-from glmm_model import FitConfig, fit
-from glmm_model.sampling import enable_compilation_cache
-enable_compilation_cache()
+from glmm_model import FitConfig, configure, fit
+configure()
 result = fit(article_frame(), "CG", FitConfig(sampler=SMALL))
 print(json.dumps({"means": result.posterior_summary["mean"].to_list(),
                   "numpyro_imported": "numpyro" in sys.modules, "arviz_imported": "arviz" in sys.modules}))

@@ -11,10 +11,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from flows.dbt import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_executable
-from flows.publish import PublishError, default_bi_path, publish
+from flows.dbt import dbt_executable
+from flows.resources import dbt_profiles_dir, dbt_project_dir
+from flows.warehouse.duckdb_publish import PublishError, default_bi_path, publish
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import SMALL_FLOW, copy_warehouse, sql
+from pipeline_helpers import copy_warehouse, small, sql
 
 OLDEST_DUCKDB = "1.0.0"  # the oldest 1.x a BI tool may bundle
 
@@ -96,7 +97,7 @@ def test_a_reader_holding_the_published_file_never_fails_the_run(demo_run, night
     """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "before"  # the reader holds the file open now
-        report = nightly(warehouse=str(path), publish_to=str(bi), **SMALL_FLOW)
+        report = nightly(warehouse=str(path), options=small(publish_to=str(bi)))
         assert report.status == "succeeded" and report.publication.bi_path == bi
         go.touch()
         out, err = reader.communicate(timeout=60)
@@ -116,7 +117,7 @@ def test_a_failed_publish_leaves_the_results_and_the_old_copy(demo_run, nightly,
     not_a_folder = tmp_path / "parquet"
     not_a_folder.write_text("a file where the Parquet folder should go")
     with pytest.raises(PublishError, match="BI copy was not published"):
-        nightly(warehouse=str(path), publish_to=str(bi), parquet_dir=str(not_a_folder), **SMALL_FLOW)
+        nightly(warehouse=str(path), options=small(publish_to=str(bi), parquet_dir=str(not_a_folder)))
     runs = sql(path, "SELECT status FROM glmm.runs ORDER BY finished_at DESC")
     assert runs["status"].to_list()[0] == "succeeded" and runs.height == 3  # the results are committed
     assert sql(bi, "SELECT run_id FROM bi_publication")["run_id"][0] == "good"  # the old copy is intact
@@ -129,9 +130,9 @@ def test_dbt_docs_generate_documents_the_reports_and_the_dashboard_exposure(demo
     path = copy_warehouse(demo_run[0], tmp_path / "wh")
     target = tmp_path / "target"
     proc = subprocess.run(
-        [dbt_executable(), "docs", "generate", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir",
-         str(DBT_PROFILES_DIR), "--target-path", str(target), "--log-path", str(tmp_path / "logs")],
-        capture_output=True, text=True, cwd=str(DBT_PROJECT_DIR), timeout=300,
+        [dbt_executable(), "docs", "generate", "--project-dir", str(dbt_project_dir()), "--profiles-dir",
+         str(dbt_profiles_dir()), "--target-path", str(target), "--log-path", str(tmp_path / "logs")],
+        capture_output=True, text=True, cwd=str(dbt_project_dir()), timeout=300,
         env={**os.environ, "GLMM_AB_WAREHOUSE": str(path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:]

@@ -23,7 +23,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glmm_model import FitConfig, SamplerConfig, fit  # noqa: E402
-from glmm_model.sampling import enable_compilation_cache  # noqa: E402
+from glmm_model import configure  # noqa: E402
 from glmm_model.simulate import from_model  # noqa: E402
 
 SCALES = [(0.02, 20_000), (0.5, 1_000), (5.0, 400), (50.0, 300), (300.0, 200)]
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--aa-per-scale", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    enable_compilation_cache()
+    configure()
     sampler = SamplerConfig(num_chains=2, num_warmup=500, num_samples=1000, progress_bar=False)
     config = FitConfig(sampler=sampler)
     rows, started = [], time.perf_counter()

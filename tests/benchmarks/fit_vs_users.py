@@ -23,7 +23,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glmm_model import FitConfig, SamplerConfig, fit, prepare  # noqa: E402
-from glmm_model.sampling import enable_compilation_cache  # noqa: E402
+from glmm_model import configure  # noqa: E402
 from glmm_model.simulate import from_model  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 20_000, 1_000_000, 10_000_000])
     args = parser.parse_args()
-    enable_compilation_cache()
+    configure()
     config = FitConfig(sampler=SamplerConfig(progress_bar=False))
     rows = []
     for n in args.sizes:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glmm_model import FitConfig, SamplerConfig, fit  # noqa: E402
-from glmm_model.sampling import enable_compilation_cache  # noqa: E402
+from glmm_model import configure  # noqa: E402
 from glmm_model.simulate import from_model  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2_000, 20_000])
     parser.add_argument("--budget", type=float, default=300.0)
     args = parser.parse_args()
-    enable_compilation_cache()
+    configure()
     print("| users | path | first fit (s) | compiled fit (s) | leapfrog steps per draw | divergences | min ESS bulk | max R-hat |")
     print("|---|---|---|---|---|---|---|---|")
     over_budget = False

@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-from .simulate import article_counts
+from glmm_model.simulate import article_counts
+
+from .clock import utc_now
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,9 @@ METRICS = {"purchases": ("purchase", 0.3), "add_to_cart": ("add_to_cart", 1.0)} 
 
 
 def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]:
-    """The four raw tables as polars frames, anchored ``now`` (midnight today by default)."""
+    """The four raw tables as polars frames, anchored ``now`` (midnight today, UTC, by default)."""
     rng = np.random.default_rng(seed)
-    now = now or datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    now = now or utc_now().replace(hour=0, minute=0, second=0)
     experiments, assignments, events = [], [], []
     event_seq = 0
     for exp in EXPERIMENTS:

@@ -1,11 +1,14 @@
-"""DuckDB I/O: the raw contract, the glmm.* result tables, loading histograms, writing a run.
+"""The DuckDB warehouse: the raw contract, the glmm.* result tables, histograms, runs.
 
-Statistics never import this module; the flow (``flows/nightly.py``) is the only
-place that uses both. Result-table columns come from :mod:`glmm_model.schema`, so
+:class:`DuckDBWarehouse` implements the seam (:class:`flows.warehouse.Warehouse`)
+for one DuckDB file. Result-table columns come from :mod:`glmm_model.schema`, so
 the engine's tables and the warehouse's cannot drift apart.
 
-Every write of a run happens in one transaction: a run's results appear whole or
-not at all, and earlier runs are never touched.
+A DuckDB file has one writer or many readers: every connection here is short
+(opened, used, closed, so dbt can open the file next), and a file another
+process holds is retried with backoff (``$GLMM_AB_LOCK_TIMEOUT``). Every write of
+a run happens in one transaction: a run's results appear whole or not at all,
+and earlier runs are never touched.
 """
 from __future__ import annotations
 
@@ -13,15 +16,16 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
-from .schema import SCHEMAS
+from glmm_model.schema import SCHEMAS
 
-RESULT_SCHEMA = "glmm"
+from ..clock import utc_now
+from . import RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
@@ -38,10 +42,6 @@ RUNS_DDL = (
     "config JSON NOT NULL, message VARCHAR"
 )
 FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse cannot be used as asked (missing file, missing raw tables, lock)."""
 
 
 def result_table_ddl(table: str) -> str:
@@ -75,7 +75,7 @@ def open_with_retry(path: Path, read_only: bool, timeout: float | None = None):
                 raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WarehouseError(
+                raise WarehouseBusy(
                     f"warehouse {path} is locked by another process; gave up after {timeout:.0f} s of retries "
                     f"(close the other writer, or point BI tools at the published copy): {exc}"
                 ) from exc
@@ -141,33 +141,29 @@ def create_result_tables(con) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.{table} ({result_table_ddl(table)})")
 
 
-def list_pairs(con) -> pl.DataFrame:
-    """Experiment x metric pairs to analyse, with each experiment's control variant."""
-    return query(
-        con,
-        """
-        SELECT h.experiment_id, h.metric_id, e.control_variant
-        FROM (SELECT DISTINCT experiment_id, metric_id FROM main.fct_cv_count_histogram) AS h
-        JOIN main.stg_experiments AS e USING (experiment_id)
-        ORDER BY h.experiment_id, h.metric_id
-        """,
-    )
-
-
-def load_histogram(con, experiment_id: str, metric_id: str, use_exposure: bool) -> pl.DataFrame:
-    """The pair's histogram as the engine reads it (variant, cv_count[, exposure], n_users)."""
+def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
+    """Every pair's histogram (with its experiment's control variant) from ONE query, so one snapshot."""
     if use_exposure:
         sql = """
-            SELECT variant, cv_count, CAST(exposure_days_cell AS DOUBLE) AS exposure, n_users
-            FROM main.fct_cv_count_histogram WHERE experiment_id = ? AND metric_id = ?
+            SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
+                   CAST(h.exposure_days_cell AS DOUBLE) AS exposure, h.n_users
+            FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e USING (experiment_id)
+            ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count, exposure
         """
     else:
         sql = """
-            SELECT variant, cv_count, CAST(SUM(n_users) AS BIGINT) AS n_users
-            FROM main.fct_cv_count_histogram WHERE experiment_id = ? AND metric_id = ?
-            GROUP BY variant, cv_count
+            SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
+                   CAST(SUM(h.n_users) AS BIGINT) AS n_users
+            FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e USING (experiment_id)
+            GROUP BY ALL
+            ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count
         """
-    return query(con, sql, [experiment_id, metric_id])
+    rows = query(con, sql)
+    keys = ["experiment_id", "metric_id", "control_variant"]
+    return [
+        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys))
+        for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True)
+    ]
 
 
 @contextmanager
@@ -193,15 +189,16 @@ def append(con, table: str, frame: pl.DataFrame) -> None:
         con.unregister("staged_rows")
 
 
-def _insert_run(con, run_id, as_of, started_at, status, version, config, message) -> None:
+def _insert_run(con, run: RunRecord, status: str, message: str | None) -> None:
     con.execute(
         f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, as_of, started_at, datetime.now(), status, version, json.dumps(config, default=str), message],
+        [run.run_id, run.as_of, run.started_at, utc_now(), status, run.package_version,
+         json.dumps(run.config, default=str), message],
     )
 
 
-def write_run(con, run_id: str, as_of: datetime, started_at: datetime, version: str, config: dict,
-              results: dict[str, pl.DataFrame], failures: pl.DataFrame, message: str | None) -> None:
+def write_run(con, run: RunRecord, results: dict[str, pl.DataFrame], failures: pl.DataFrame,
+              message: str | None) -> None:
     """Append one successful run: the runs row and every result table, in ONE transaction.
 
     ``results`` maps table name -> frame with experiment_id, metric_id and the engine's
@@ -213,13 +210,13 @@ def write_run(con, run_id: str, as_of: datetime, started_at: datetime, version: 
     with transaction(con):
         for table, frame in {**results, "fit_failures": failures}.items():
             if frame.height:  # an empty frame may have no columns at all
-                append(con, f"{RESULT_SCHEMA}.{table}", frame.with_columns(pl.lit(run_id).alias("run_id")))
-        _insert_run(con, run_id, as_of, started_at, "succeeded", version, config, message)
+                append(con, f"{RESULT_SCHEMA}.{table}", frame.with_columns(pl.lit(run.run_id).alias("run_id")))
+        _insert_run(con, run, "succeeded", message)
 
 
-def record_failed_run(con, run_id, as_of, started_at, version, config, message) -> None:
+def record_failed_run(con, run: RunRecord, message: str) -> None:
     """A failed run leaves one glmm.runs row with its reason and nothing else."""
-    _insert_run(con, run_id, as_of, started_at, "failed", version, config, message)
+    _insert_run(con, run, "failed", message)
 
 
 def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
@@ -256,3 +253,75 @@ def experiment_health(con) -> pl.DataFrame:
         return pl.DataFrame()
     return query(con, "SELECT experiment_id, metric_id, health_status, health_reasons "
                       "FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id")
+
+
+@dataclass(frozen=True)
+class DuckDBWarehouse:
+    """A DuckDB file as the pipeline's warehouse (dbt target ``duckdb`` of ``profiles.yml``)."""
+
+    path: Path
+    engine = "duckdb"
+    dbt_target = "duckdb"
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def dbt_env(self) -> dict[str, str]:
+        return {"GLMM_AB_WAREHOUSE": str(self.path.resolve())}
+
+    def is_busy(self, error: BaseException) -> bool:
+        return isinstance(error, WarehouseBusy) or _is_lock_error(error)
+
+    def check_raw_contract(self) -> None:
+        with connect(self.path) as con:
+            check_raw_contract(con)
+
+    def ensure_result_tables(self) -> None:
+        with connect(self.path) as con:
+            create_result_tables(con)
+
+    def load_histograms(self, use_exposure: bool) -> list[PairHistogram]:
+        with connect(self.path, read_only=True) as con:
+            return load_histograms(con, use_exposure)
+
+    def write_run(self, run: RunRecord, results: dict[str, pl.DataFrame], failures: pl.DataFrame,
+                  message: str | None) -> None:
+        with connect(self.path) as con:
+            write_run(con, run, results, failures, message)
+
+    def record_failed_run(self, run: RunRecord, message: str) -> None:
+        with connect(self.path, lock_wait=5) as con:
+            create_result_tables(con)
+            record_failed_run(con, run, message)
+
+    def recent_runs(self, limit: int) -> pl.DataFrame | None:
+        with connect(self.path, read_only=True, lock_wait=10) as con:
+            if not table_exists(con, RESULT_SCHEMA, "runs"):
+                return None
+            return recent_runs(con, limit)
+
+    def experiment_health(self) -> pl.DataFrame:
+        with connect(self.path, read_only=True, lock_wait=10) as con:
+            return experiment_health(con)
+
+    def default_bi_path(self) -> Path:
+        from .duckdb_publish import default_bi_path
+
+        return default_bi_path(self.path)
+
+    def publish(self, run_id: str, bi_path: str | Path | None = None,
+                parquet_dir: str | Path | None = None) -> Publication:
+        from .duckdb_publish import publish
+
+        return publish(self.path, run_id, bi_path, parquet_dir)
+
+    def load_raw(self, tables: dict[str, pl.DataFrame]) -> None:
+        with connect(self.path) as con:
+            load_raw(con, tables)
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+        Path(f"{self.path}.wal").unlink(missing_ok=True)

@@ -23,27 +23,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 
+from ..clock import utc_now
+from . import Publication, PublishError
+
 STORAGE_VERSION = "v1.0.0"
 PUBLISHED_PREFIXES = ("fct_", "dq_", "rpt_")
-
-
-class PublishError(RuntimeError):
-    """The BI copy could not be published; the warehouse's results are unaffected."""
-
-
-@dataclass
-class Publication:
-    bi_path: Path
-    parquet_dir: Path | None
-    run_id: str
-    rows: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def default_bi_path(warehouse: str | Path) -> Path:
@@ -100,7 +88,7 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
         leftover.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     publication = Publication(bi_path=bi_path, parquet_dir=parquet_dir, run_id=run_id)
-    published_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    published_at = utc_now()
     try:
         con = duckdb.connect()
         try:

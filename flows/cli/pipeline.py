@@ -1,0 +1,226 @@
+"""The pipeline's commands: ``demo``, ``run``, ``backfill``, ``serve``, ``status`` and ``dashboard``.
+
+Each talks to the warehouse through the seam (:func:`flows.warehouse.open_warehouse`)
+and runs the nightly flow (:mod:`flows.nightly`, imported with Prefect only when a
+run starts). Exit codes are in :mod:`flows.cli`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from ..options import RunOptions
+from ..warehouse import Warehouse, WarehouseError, open_warehouse
+from . import DEMO_WAREHOUSE, EXIT_FAILED, EXIT_PARTIAL, CliError
+
+
+def default_warehouse() -> str:
+    return os.environ.get("GLMM_AB_WAREHOUSE", "warehouse/glmm_ab.duckdb")
+
+
+def _prefect_environment() -> None:
+    # The ephemeral Prefect API can take ~20 s to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Its telemetry service phones home; a warehouse job often has no way out and
+    # would log an ERROR every run. Users can still turn it on explicitly.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"--as-of must be an ISO timestamp such as 2026-11-24T03:00:00, got {text!r}") from exc
+
+
+def print_lift(report, out=sys.stdout) -> None:
+    print(f"\nRun {report.run_id} ({report.status}) as of {report.as_of:%Y-%m-%d %H:%M}", file=out)
+    header = f"{'experiment':<18} {'metric':<12} {'variant (vs control)':<28} {'users':>11}  {'relative lift [95% CI]':<26} {'P(beat)':>7}  decision"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in report.lift.iter_rows(named=True):
+        arms = f"{r['variant']} (vs {r['control_variant']})"
+        users = f"{r['n_users']}/{r['n_users_control']}"
+        lift = f"{r['relative_lift_mean']:+6.1%} [{r['relative_lift_low']:+6.1%}, {r['relative_lift_high']:+6.1%}]"
+        print(f"{r['experiment_id']:<18} {r['metric_id']:<12} {arms:<28} {users:>11}  {lift:<26} {r['prob_beat_control']:>7.3f}  {r['decision']}", file=out)
+    for r in report.failures.iter_rows(named=True):
+        print(f"not fitted: {r['experiment_id']} x {r['metric_id']}: {r['error']}", file=out)
+    if report.message:
+        print(report.message, file=out)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
+    print(f"seconds per stage: {stages}", file=out)
+
+
+def run_options(args) -> RunOptions:
+    """The run options of the command line, validated before anything runs (exit 2 when out of range)."""
+    try:
+        return RunOptions.from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run_flow(warehouse: Warehouse, options: RunOptions, as_of: datetime | None = None) -> int:
+    _prefect_environment()
+    from ..nightly import nightly
+
+    try:
+        report = nightly(warehouse=warehouse.describe(), as_of=as_of, options=options)
+    except WarehouseError as exc:
+        print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # the flow recorded the failure in glmm.runs; say so plainly
+        print(f"glmm-ab: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_lift(report)
+    if report.publication is not None:
+        print(f"published for BI: {report.publication.bi_path} (DuckDB) and {report.publication.parquet_dir}/ (Parquet)")
+    return EXIT_PARTIAL if report.failures.height else 0
+
+
+def _warehouse(args) -> Warehouse:
+    try:
+        return open_warehouse(args.warehouse or default_warehouse())
+    except WarehouseError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _existing_warehouse(args) -> Warehouse:
+    warehouse = _warehouse(args)
+    if not warehouse.exists():
+        raise CliError(f"warehouse file not found: {warehouse.describe()} (create it with 'glmm-ab demo' or point "
+                       "--warehouse at yours)")
+    return warehouse
+
+
+def cmd_run(args) -> int:
+    options, as_of = run_options(args), parse_as_of(args.as_of)
+    return _run_flow(_existing_warehouse(args), options, as_of)
+
+
+def parse_date(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"{flag} must be a date such as 2026-11-01, got {text!r}") from exc
+
+
+def cmd_backfill(args) -> int:
+    """One run per as-of date, oldest first; each date's as-of is its midnight (UTC)."""
+    options = run_options(args)
+    warehouse = _existing_warehouse(args)
+    first, last = parse_date(args.date_from, "--from"), parse_date(args.date_to, "--to")
+    if last < first:
+        raise CliError(f"--to {last} is before --from {first}")
+    if (last - first).days >= 366:
+        raise CliError(f"--from {first} --to {last} spans more than a year; backfill in smaller ranges")
+    codes = {}
+    for k in range((last - first).days + 1):
+        day = first + timedelta(days=k)
+        print(f"\n== backfill {k + 1} of {(last - first).days + 1}: as of {day} 00:00 ==")
+        codes[day] = _run_flow(warehouse, options, datetime.combine(day, datetime.min.time()))
+    failed = [str(d) for d, c in codes.items() if c == EXIT_FAILED]
+    print(f"\nbackfill {first}..{last}: {len(codes) - len(failed)} of {len(codes)} runs succeeded"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if EXIT_PARTIAL in codes.values() else 0
+
+
+def cmd_serve(args) -> int:
+    """Register the nightly deployment with a cron schedule on a Prefect server and run its flow runs."""
+    options = run_options(args).with_absolute_paths()
+    warehouse = _existing_warehouse(args)
+    _prefect_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise CliError("serve needs a Prefect server: start one with 'prefect server start' and set "
+                       "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    from ..schedule import nightly_schedule, serve_nightly
+
+    try:
+        nightly_schedule(args.cron, args.timezone)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+    parameters = {"warehouse": warehouse.describe(), "options": options.to_dict()}
+    serve_nightly(args.name, nightly_schedule(args.cron, args.timezone), parameters)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import build
+
+    options = run_options(args)
+    warehouse = open_warehouse(args.warehouse or DEMO_WAREHOUSE)
+    if warehouse.exists():
+        if args.warehouse and not args.force:
+            raise CliError(f"{warehouse.describe()} exists; the demo would replace its raw tables. Pass --force, "
+                           "or pick another path")
+        warehouse.reset()
+    if options.plots_dir is None:  # the demo shows everything: pictures beside its warehouse
+        options = replace(options, plots_dir=str(Path(warehouse.describe()).parent / "plots"))
+    tables = build()
+    warehouse.load_raw(tables)
+    print(f"demo warehouse {warehouse.describe()}: " + ", ".join(f"raw.{k} {v.height} rows" for k, v in tables.items()))
+    code = _run_flow(warehouse, options)
+    if code in (0, EXIT_PARTIAL):
+        print(f"\nPictures (trace, user_predictive, rate_density) per experiment x metric under {options.plots_dir}/<run_id>/")
+        bi = options.publish_to or warehouse.default_bi_path()
+        print(f"Query the published copy:  duckdb -readonly {bi} -c 'SELECT * FROM rpt_experiment_results_latest'")
+        print(f"  or in Python:  duckdb.connect('{bi}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
+        print(f"See it in a browser:  glmm-ab dashboard --published {bi}")
+    return code
+
+
+def cmd_status(args) -> int:
+    """Print the last runs and every experiment x metric's health; exit 1 when the newest run failed."""
+    warehouse = _warehouse(args)
+    if not warehouse.exists():
+        raise CliError(f"warehouse file not found: {warehouse.describe()}")
+    try:
+        runs = warehouse.recent_runs(args.limit)
+        health = warehouse.experiment_health() if runs is not None else None
+    except WarehouseError as exc:
+        print(f"glmm-ab: status unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if runs is None:
+        print(f"{warehouse.describe()}: no runs yet")
+        return 0
+    print(f"Last {runs.height} run(s) of {warehouse.describe()}:")
+    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'failed':>6}  message")
+    for r in runs.iter_rows(named=True):
+        print(f"{r['run_id']:<26} {r['as_of']:%Y-%m-%d %H:%M} {r['finished_at']:%Y-%m-%d %H:%M} {r['status']:<10} "
+              f"{r['pairs_fitted']:>6} {r['pairs_failed']:>6}  {r['message'] or ''}")
+    if health.height:
+        print("\nHealth of the latest results (rpt_experiment_health):")
+        for r in health.iter_rows(named=True):
+            print(f"{r['experiment_id']:<20} {r['metric_id']:<14} {r['health_status']:<8} {r['health_reasons'] or ''}")
+    return EXIT_FAILED if runs.height and runs["status"][0] == "failed" else 0
+
+
+def cmd_dashboard(args) -> int:
+    """Start the Streamlit dashboard on the published copy (read-only); this process becomes the server."""
+    from dashboard.data import default_published_path
+
+    from ..resources import dashboard_app
+
+    published = Path(args.published) if args.published else default_published_path()
+    if not published.is_file():
+        raise CliError(f"no published results at {published}: run 'glmm-ab demo' or 'glmm-ab run' first, "
+                       "or point --published at the BI copy")
+    app = dashboard_app()
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+               "--server.port", str(args.port), "--server.address", args.address,
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--published", str(published.resolve())]
+    print(f"glmm-ab dashboard on http://{args.address}:{args.port} reading {published} (read-only); Ctrl-C stops it",
+          flush=True)
+    # Become the Streamlit server rather than its parent: a SIGTERM from a supervisor
+    # (systemd, a container runtime, `kill`) then stops the server itself. As a child,
+    # it outlived a terminated parent and kept the port.
+    os.execv(sys.executable, command)
+
+

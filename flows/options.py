@@ -1,0 +1,109 @@
+"""The run options, defined once: the CLI's flags, the flow's parameter, ``serve``, ``backfill``
+and what ``glmm.runs.config`` records all come from :class:`RunOptions`.
+
+This module imports only the standard library (the CLI builds its parser from it
+before it knows which command runs); the engine is imported when a fit's
+configuration is asked for.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+
+def _flag(*names: str, **argparse_kwargs) -> dict:
+    return {"flags": names, "argparse": argparse_kwargs}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one nightly run analyses and publishes. Immutable; validated on creation.
+
+    The statistical settings (method to seed, exposure) name the analysis and are
+    recorded with every run in ``glmm.runs.config``; the output settings (plots,
+    publishing) say where things go.
+    """
+
+    method: Literal["collapsed", "latent"] = field(default="collapsed", metadata=_flag(
+        "--method", choices=["collapsed", "latent"], help="collapsed (default; cost flat in users) or latent"))
+    priors: Literal["default", "article"] = field(default="default", metadata=_flag(
+        "--priors", choices=["default", "article"], help="prior preset (default: scaled to the data)"))
+    num_chains: int = field(default=4, metadata=_flag("--chains", type=int, help="NUTS chains (default 4)"))
+    num_warmup: int = field(default=500, metadata=_flag("--warmup", type=int, help="warmup draws per chain (default 500)"))
+    num_samples: int = field(default=2000, metadata=_flag("--samples", type=int, help="kept draws per chain (default 2000)"))
+    seed: int = field(default=42, metadata=_flag("--seed", type=int, help="base seed; each pair derives its own (default 42)"))
+    use_exposure: bool = field(default=False, metadata=_flag(
+        "--exposure", action="store_true", help="use exposure days as a log offset (rates per day)"))
+    plots_dir: str | None = field(default=None, metadata=_flag(
+        "--plots-dir", help="write each pair's three pictures under DIR/<run_id>/"))
+    publish_to: str | None = field(default=None, metadata=_flag(
+        "--publish-to", help="BI-facing DuckDB copy (default $GLMM_AB_BI_PATH or <warehouse stem>_bi.duckdb beside it)"))
+    parquet_dir: str | None = field(default=None, metadata=_flag(
+        "--parquet-dir", help="Parquet copy of the same tables (default <bi stem>_parquet/)"))
+    publish_results: bool = field(default=True, metadata=_flag(
+        "--no-publish", action="store_false", help="do not publish the BI copy"))
+
+    SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed")
+    STATISTICAL = SAMPLING + ("use_exposure",)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("collapsed", "latent"):
+            raise ValueError(f"method must be 'collapsed' or 'latent', got {self.method!r}")
+        if self.priors not in ("default", "article"):
+            raise ValueError(f"unknown prior preset {self.priors!r}: expected 'default' or 'article'")
+        for name, low in (("num_chains", 1), ("num_samples", 1), ("num_warmup", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
+
+    # -- the command line -------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+        """Add one flag per option (dest = the field's name); ``names`` picks a subset."""
+        for f in fields(cls):
+            if names is not None and f.name not in names:
+                continue
+            parser.add_argument(*f.metadata["flags"], dest=f.name, default=f.default, **f.metadata["argparse"])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunOptions":
+        """The options of parsed flags; ``--publish-to`` falls back to ``$GLMM_AB_BI_PATH``. ValueError if out of range."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["publish_to"] = values["publish_to"] or os.environ.get("GLMM_AB_BI_PATH") or None
+        return cls(**values)
+
+    # -- what the flow, serve and glmm.runs need --------------------------------------------
+    def with_absolute_paths(self) -> "RunOptions":
+        """Paths made absolute (a served deployment runs from another folder)."""
+        paths = {k: str(Path(v).resolve()) for k in ("plots_dir", "publish_to", "parquet_dir") if (v := getattr(self, k))}
+        return replace(self, **paths)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_config(self) -> dict:
+        """The statistical settings, as ``glmm.runs.config`` records them."""
+        return {k: getattr(self, k) for k in self.STATISTICAL}
+
+    def fit_config(self, experiment_id: str, metric_id: str):
+        """The engine's :class:`glmm_model.FitConfig` for one pair (its own seed, no progress bar)."""
+        from glmm_model import FitConfig, Priors, SamplerConfig
+
+        return FitConfig(
+            method=self.method,
+            priors=Priors.from_preset(self.priors),
+            sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
+                                  num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),
+                                  progress_bar=False),
+        )
+
+
+def pair_seed(base: int, experiment_id: str, metric_id: str) -> int:
+    """A fixed seed per pair: reruns give the same answer, pairs get different streams."""
+    return (base + zlib.crc32(f"{experiment_id}\x1f{metric_id}".encode())) % (2**31)

@@ -1,0 +1,149 @@
+"""The warehouse seam: everything the pipeline asks of a warehouse, one implementation per engine.
+
+The flow, the CLI and the demo talk to a :class:`Warehouse` and nothing else;
+no module outside this package (and the dashboard's read-only reader) speaks an
+engine's dialect or imports its driver. :func:`open_warehouse` picks the engine
+from the location: today a DuckDB file (:mod:`.duckdb_warehouse`, with its BI
+publisher :mod:`.duckdb_publish`); a second engine plugs in here.
+
+What a run needs, in the order the nightly flow asks:
+
+1. :meth:`Warehouse.check_raw_contract` and :meth:`Warehouse.ensure_result_tables`;
+2. :attr:`Warehouse.dbt_target` and :meth:`Warehouse.dbt_env` — the dbt target in
+   ``profiles.yml`` to build with, and the environment that points it here;
+3. :meth:`Warehouse.load_histograms` — every experiment x metric histogram of the
+   run, read in one snapshot right after dbt built them;
+4. :meth:`Warehouse.write_run` — the result tables and the ``glmm.runs`` row, all
+   or nothing (:meth:`Warehouse.record_failed_run` for a run that failed);
+5. :meth:`Warehouse.publish` — the read-only copy BI reads.
+
+``glmm-ab status`` reads :meth:`Warehouse.recent_runs` and
+:meth:`Warehouse.experiment_health`; the demo uses :meth:`Warehouse.reset` and
+:meth:`Warehouse.load_raw`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import polars as pl
+
+RESULT_SCHEMA = "glmm"
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be used as asked (missing, breaks the raw contract, locked, unknown engine)."""
+
+
+class WarehouseBusy(WarehouseError):
+    """Another process holds the warehouse; the same step may succeed a little later."""
+
+
+class PublishError(RuntimeError):
+    """The BI copy could not be published; the warehouse's results are unaffected."""
+
+
+@dataclass(frozen=True)
+class PairHistogram:
+    """One experiment x metric as the engine reads it: ``histogram`` has
+    ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it)."""
+
+    experiment_id: str
+    metric_id: str
+    control_variant: str
+    histogram: "pl.DataFrame"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``glmm.runs`` records of a run besides its outcome (times are UTC)."""
+
+    run_id: str
+    as_of: datetime
+    started_at: datetime
+    package_version: str
+    config: dict
+
+
+@dataclass
+class Publication:
+    """Where a run's BI copy went and how many rows each table got."""
+
+    bi_path: Path
+    parquet_dir: Path | None
+    run_id: str
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@runtime_checkable
+class Warehouse(Protocol):
+    """The protocol each engine implements. Implementations are small frozen values
+    (a location and settings), so a task runner can ship them to workers."""
+
+    engine: str  # "duckdb"
+    dbt_target: str  # the output in profiles.yml that builds this warehouse
+
+    def describe(self) -> str:
+        """The location as :func:`open_warehouse` takes it, for the flow's parameter and for logs (never a secret)."""
+
+    def exists(self) -> bool:
+        """Whether there is a warehouse at the location at all."""
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment variables that point the dbt target at this warehouse."""
+
+    def is_busy(self, error: BaseException) -> bool:
+        """Whether ``error`` (from this engine or from dbt on it) means another process holds the warehouse."""
+
+    def check_raw_contract(self) -> None:
+        """Raise WarehouseError naming every raw table or column the contract needs and the warehouse lacks."""
+
+    def ensure_result_tables(self) -> None:
+        """Create the ``glmm`` result tables that do not exist yet."""
+
+    def load_histograms(self, use_exposure: bool) -> list[PairHistogram]:
+        """Every experiment x metric pair's histogram, in one snapshot, ordered by experiment and metric."""
+
+    def write_run(self, run: RunRecord, results: dict[str, "pl.DataFrame"], failures: "pl.DataFrame",
+                  message: str | None) -> None:
+        """Append a succeeded run: result tables, fit failures and the ``glmm.runs`` row, all or nothing."""
+
+    def record_failed_run(self, run: RunRecord, message: str) -> None:
+        """Append a failed run's ``glmm.runs`` row (creating the result tables if need be), nothing else."""
+
+    def recent_runs(self, limit: int) -> "pl.DataFrame | None":
+        """The newest runs with pairs fitted and failed; None before the first run."""
+
+    def experiment_health(self) -> "pl.DataFrame":
+        """``rpt_experiment_health`` (empty before the first successful run)."""
+
+    def default_bi_path(self) -> Path:
+        """Where the BI copy goes unless told otherwise."""
+
+    def publish(self, run_id: str, bi_path: str | Path | None, parquet_dir: str | Path | None) -> Publication:
+        """Replace the BI copy (and its Parquet files) with this warehouse's results; PublishError on failure."""
+
+    def load_raw(self, tables: dict[str, "pl.DataFrame"]) -> None:
+        """Replace the raw tables' contents with ``tables`` (the demo's synthetic logs)."""
+
+    def reset(self) -> None:
+        """Remove the warehouse and everything in it (the demo's ``--force``)."""
+
+
+def open_warehouse(location: str | Path) -> Warehouse:
+    """The warehouse at ``location``: a DuckDB file path (``duckdb:PATH`` also accepted)."""
+    text = str(location)
+    if not text.strip():
+        raise WarehouseError("no warehouse given: pass --warehouse or set GLMM_AB_WAREHOUSE")
+    engine, sep, rest = text.partition(":")
+    if sep and engine == "duckdb":
+        text = rest
+    elif sep and len(engine) > 1 and "/" not in engine and "\\" not in engine:
+        raise WarehouseError(f"unknown warehouse engine {engine!r} in {text!r}: expected a DuckDB file path")
+    from .duckdb_warehouse import DuckDBWarehouse
+
+    return DuckDBWarehouse(Path(text))

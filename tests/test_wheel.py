@@ -1,0 +1,75 @@
+"""The package as a user installs it: a wheel built from the project, installed into a fresh venv,
+and `glmm-ab demo` run from an empty folder outside the repository."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a clean checkout holds: a developer's venv, build folders and warehouses must not reach the wheel.
+NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "warehouse",
+                                    "test-artifacts", "target", "logs", "*.duckdb", "*.duckdb.wal", ".pytest_cache")
+
+PROBE = """
+import json, sys
+import duckdb, flows, glmm_model
+from flows.resources import dashboard_app, dbt_profiles_dir, dbt_project_dir
+con = duckdb.connect(sys.argv[1], read_only=True)
+latest = con.execute("SELECT experiment_id, metric_id, variant, relative_lift_mean, decision "
+                     "FROM rpt_experiment_results_latest ORDER BY ALL").fetchall()
+runs = con.execute("SELECT status FROM glmm.runs").fetchall()
+print(json.dumps({"modules": [flows.__file__, glmm_model.__file__], "dbt_project": str(dbt_project_dir()),
+                  "profiles": str(dbt_profiles_dir()), "dashboard": str(dashboard_app()),
+                  "latest": latest, "runs": runs}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_install(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = (tmp / "dist").glob("glmm_ab-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True,
+                               text=True, timeout=1200)
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-3000:]
+    shutil.rmtree(source)  # nothing of the project's files remains but what the wheel carries
+    return venv
+
+
+def test_the_wheel_runs_the_demo_from_a_folder_outside_the_repository(fresh_install, tmp_path):
+    user_folder = tmp_path / "somewhere-else"
+    user_folder.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GLMM_AB_DBT_", "PYTHON", "VIRTUAL_ENV")) and k != "GLMM_AB_WAREHOUSE"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               PATH=f"{fresh_install / 'bin'}:{env.get('PATH', '')}")
+    demo = subprocess.run([str(fresh_install / "bin" / "glmm-ab"), "demo", "--chains", "2", "--warmup", "200",
+                           "--samples", "300"], cwd=user_folder, capture_output=True, text=True, env=env, timeout=1200)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "checkout_button" in demo.stdout and "published for BI" in demo.stdout
+
+    warehouse = user_folder / "warehouse" / "demo.duckdb"
+    assert warehouse.is_file() and (user_folder / "warehouse" / "demo_bi.duckdb").is_file()
+    probe = subprocess.run([str(fresh_install / "bin" / "python"), "-c", PROBE, str(warehouse)], cwd=user_folder,
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    found = json.loads(probe.stdout)
+    site = str(fresh_install)
+    # the code, the dbt project, the profile and the dashboard all come from the installed wheel
+    for path in [*found["modules"], found["dbt_project"], found["profiles"], found["dashboard"]]:
+        assert path.startswith(site) and not path.startswith(str(ROOT)), path
+    assert found["runs"] == [["succeeded"]]
+    assert len(found["latest"]) == 8  # 3 experiments (one with 3 arms) x 2 metrics: 8 treatment rows
+    assert {row[4] for row in found["latest"]} <= {"ship", "keep_control", "inconclusive", "invalid"}
+    # the pictures were drawn by the caller, from the result tables, beside the warehouse
+    assert len(list((user_folder / "warehouse" / "plots").rglob("trace.png"))) == 6
