@@ -19,8 +19,8 @@ Steps, each a Prefect task, against one :class:`~flows.warehouse.Warehouse`:
 A run that fails records a ``glmm.runs`` row with status 'failed' and its reason;
 nothing else of it is written and earlier results stay as they were.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds its parameter model from the
+# flow's annotations when a served run arrives, and postponed annotations leave it undefined.
 import re
 import time
 import uuid

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -116,3 +117,40 @@ def test_progress_bar_shows_in_a_terminal(article_csv):
     assert proc.wait(timeout=600) == 0
     assert b"NUTS x2 chains" in out and b"100%" in out
     assert b"Lift against control CG" in out
+
+
+def test_run_options_are_one_definition_for_the_cli_the_flow_and_served_runs(tmp_path):
+    """Flags, the flow's parameter and a served run's JSON parameters all become the same RunOptions."""
+    from flows.cli import build_parser
+    from flows.nightly import nightly
+    from flows.options import RunOptions
+
+    args = build_parser().parse_args(["run", "--chains", "2", "--samples", "300", "--exposure", "--no-publish",
+                                      "--plots-dir", "pics"])
+    options = RunOptions.from_args(args)
+    assert options == RunOptions(num_chains=2, num_samples=300, use_exposure=True, publish_results=False,
+                                 plots_dir="pics")
+    assert options.run_config() == {"method": "collapsed", "priors": "default", "num_chains": 2, "num_warmup": 500,
+                                    "num_samples": 300, "seed": 42, "use_exposure": True}
+    # what `glmm-ab serve` registers is JSON; Prefect validates it back into the same options
+    served = options.with_absolute_paths()
+    params = nightly.validate_parameters({"warehouse": "w.duckdb", "options": json.loads(json.dumps(served.to_dict()))})
+    assert params["options"] == served and served.plots_dir == str(Path("pics").resolve())
+    with pytest.raises(ValueError, match="num_chains must be a whole number >= 1"):
+        RunOptions(num_chains=0)
+
+
+def test_fit_command_imports_neither_prefect_nor_dbt_nor_duckdb(article_csv):
+    probe = ("import sys; from flows.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted(m for m in ('prefect', 'dbt', 'duckdb') if m in sys.modules)); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", probe, "fit", str(article_csv), "--control", "CG", "--json", *SMALL_ARGS],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_bad_run_options_exit_2_before_anything_runs(tmp_path):
+    warehouse = tmp_path / "never-created.duckdb"
+    out = run("run", "--warehouse", str(warehouse), "--chains", "0")
+    assert out.returncode == 2 and "num_chains must be a whole number >= 1" in out.stderr, out.stderr
+    assert not warehouse.exists()

@@ -11,8 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a clean checkout holds: a developer's venv, build folders and warehouses must not reach the wheel.
-NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "warehouse",
-                                    "test-artifacts", "target", "logs", "*.duckdb", "*.duckdb.wal", ".pytest_cache")
+TOP_LEVEL_LOCAL = {".venv", ".git", "build", "dist", "warehouse", "test-artifacts", "logs", ".pytest_cache", ".cache"}
+DBT_LOCAL = {"target", "logs", "dbt_packages"}
+
+
+def not_source(folder: str, names: list[str]) -> set[str]:
+    here = Path(folder).resolve()
+    local = TOP_LEVEL_LOCAL if here == ROOT else DBT_LOCAL if here == ROOT / "dbt_project" else set()
+    return {n for n in names if n in local or n == "__pycache__" or n.endswith((".egg-info", ".duckdb", ".duckdb.wal"))}
 
 PROBE = """
 import json, sys
@@ -32,7 +38,7 @@ print(json.dumps({"modules": [flows.__file__, glmm_model.__file__], "dbt_project
 def fresh_install(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    shutil.copytree(ROOT, source, ignore=not_source)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp / "dist"), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
