@@ -9,6 +9,7 @@ tables, the chance to win over time, and the health of every experiment.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -32,12 +33,21 @@ def published_path() -> Path:
     return data.default_published_path()
 
 
+MARKDOWN_ACTIVE = re.compile(r"([\\`*\[\](){}<>!#|~$:+]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def md(text) -> str:
+    """A value from raw data (an experiment, metric or variant id) as literal text inside Streamlit
+    markdown: links, images, emphasis, colour directives and LaTeX are escaped, not rendered."""
+    return MARKDOWN_ACTIVE.sub(r"\\\1", str(text))
+
+
 def pct(x: float) -> str:
     return f"{x:+.1%}"
 
 
 def show_lift(row: dict) -> None:
-    st.subheader(f"{row['variant']} vs {row['control_variant']}")
+    st.subheader(f"{md(row['variant'])} vs {md(row['control_variant'])}")
     label, colour = DECISION_BADGES.get(row["decision"], (row["decision"], "gray"))
     st.badge(f"Decision: {label}", color=colour)
     a, b, c, d = st.columns(4)
@@ -89,7 +99,7 @@ def main() -> None:
 
     rows = data.latest(path, experiment, metric)
     first = rows.row(0, named=True)
-    st.header(f"{experiment} · {metric}")
+    st.header(f"{md(experiment)} · {md(metric)}")
     st.caption(f"Run `{first['run_id']}`, conversions counted up to {first['as_of']:%Y-%m-%d %H:%M}; "
                f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
     for row in rows.iter_rows(named=True):
@@ -120,10 +130,10 @@ def main() -> None:
     for row in health.filter((health["experiment_id"] == experiment) & (health["metric_id"] == metric)).iter_rows(named=True):
         st.badge(f"Health: {row['health_status']}", color=HEALTH_COLOURS.get(row["health_status"], "gray"))
         if row["health_reasons"]:
-            st.caption(row["health_reasons"])
+            st.caption(md(row["health_reasons"]))
     issues = data.data_issues(path, experiment)
     if issues.height:
-        st.markdown(f"**Data issues** of {experiment} and the event log (dq_data_issues)")
+        st.markdown(f"**Data issues** of {md(experiment)} and the event log (dq_data_issues)")
         st.dataframe(issues, hide_index=True)
     st.markdown("**Every experiment**")
     st.dataframe(health, hide_index=True)

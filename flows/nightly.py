@@ -21,9 +21,9 @@ nothing else of it is written and earlier results stay as they were.
 """
 # No `from __future__ import annotations` here: Prefect builds its parameter model from the
 # flow's annotations when a served run arrives, and postponed annotations leave it undefined.
+import hashlib
 import re
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,12 +38,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from glmm_model import InputError, __version__, configure, fit
 from glmm_model.schema import SCHEMAS
 
-from .clock import utc_now
+from .clock import new_run_id, utc_now
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, DbtError, run_dbt
 from .options import RunOptions
-from .warehouse import PairHistogram, Publication, PublishError, RunRecord, Warehouse, WarehouseBusy, open_warehouse
+from .warehouse import (PairHistogram, Publication, PublishError, RunRecord, Warehouse, WarehouseBusy, open_warehouse,
+                        run_lock_timeout)
 
 DEFAULT_WAREHOUSE = "warehouse/glmm_ab.duckdb"
+# dbt's unit tests check the models' logic with fixed inputs: they belong to development and CI
+# (tests/test_pipeline.py runs them), not to the nightly build, where dbt casts their fixtures
+# to the warehouse's raw column types (a BIGINT user_id would fail a fixture id 'u1').
+NIGHTLY_DBT_FLAGS = ["--exclude-resource-type", "unit_test"]
 FAILURE_SCHEMA = {"experiment_id": pl.String, "metric_id": pl.String, "error": pl.String}
 
 
@@ -71,10 +76,18 @@ class RunReport:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+PATH_PART_CHARS = 48
+
+
 def path_part(identifier: str) -> str:
-    """An experiment or metric id as one safe folder name: ids come from raw data and may hold '/' or '..'."""
-    part = re.sub(r"[^A-Za-z0-9_.=-]+", "_", identifier).strip(".")
-    return part or "_"
+    """An experiment or metric id as one safe folder name. Ids come from raw data and may hold '/',
+    '..', any script or hundreds of characters: a plain id stays as it is; any other keeps a short
+    sanitised prefix and gains a digest of the whole id, so names stay short and different ids
+    never share a folder."""
+    part = re.sub(r"[^A-Za-z0-9_.=-]+", "_", identifier)[:PATH_PART_CHARS].strip(".")
+    if part == identifier and part:
+        return part
+    return f"{part or '_'}-{hashlib.sha256(identifier.encode()).hexdigest()[:12]}"
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -98,7 +111,7 @@ def prepare_warehouse(warehouse: Warehouse) -> None:
 def dbt_build(warehouse: Warehouse, step: str, as_of: datetime) -> int:
     selector = {"pipeline": PIPELINE_SELECTOR, "reports": REPORTS_SELECTOR}[step]
     try:
-        result = run_dbt("build", warehouse, selector, as_of.isoformat(sep=" "))
+        result = run_dbt("build", warehouse, selector, as_of.isoformat(sep=" "), extra=NIGHTLY_DBT_FLAGS)
     except DbtError as exc:
         if warehouse.is_busy(exc):
             raise WarehouseBusy(str(exc)) from exc
@@ -193,6 +206,17 @@ def collect_fits(pairs: list[PairHistogram], futures) -> tuple[dict[str, pl.Data
 
 
 @contextmanager
+def held_run(wh: Warehouse, as_of: datetime | None, options: RunOptions, run_id: str | None):
+    """The run's record, with the warehouse held for it (one run at a time; reentrant, so the CLI
+    may take the lock before Prefect starts)."""
+    started_at = utc_now()
+    run = RunRecord(run_id=run_id or new_run_id(started_at), as_of=as_of or started_at, started_at=started_at,
+                    package_version=__version__, config=options.run_config())
+    with wh.run_lock(run_lock_timeout()):
+        yield run
+
+
+@contextmanager
 def recorded_failure(warehouse: Warehouse, run: RunRecord, report: RunReport, what: str):
     """On any error in the block: a 'failed' glmm.runs row with the reason, then re-raise."""
     try:
@@ -210,69 +234,70 @@ def recorded_failure(warehouse: Warehouse, run: RunRecord, report: RunReport, wh
 # One pair at a time on this process's cores: each fit already runs its chains on two threads.
 @flow(name="glmm-ab-nightly", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
-            options: RunOptions | None = None) -> RunReport:
+            options: RunOptions | None = None, run_id: str | None = None) -> RunReport:
     """Fit every experiment x metric in ``warehouse`` as of ``as_of`` (default: now, UTC) and append the results.
 
     ``options`` (:class:`~flows.options.RunOptions`) says how: the method, priors and
     sampler settings, exposure offsets, where pictures go and where the BI copy is
     published. A publish that fails after the results are committed fails the flow
     with :class:`PublishError`; the results stay committed and the old BI copy stays.
+    One run at a time per warehouse: the flow waits for another run to finish
+    (``$GLMM_AB_RUN_LOCK_TIMEOUT``, default 30 min), then fails with WarehouseBusy.
+    ``run_id``: given by the CLI, so it can record a run whose flow never started.
     """
     configure()
     options = options or RunOptions()
     logger = get_run_logger()
     wh = open_warehouse(warehouse)
-    started_at = utc_now()
-    run = RunRecord(run_id=f"{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", as_of=as_of or started_at,
-                    started_at=started_at, package_version=__version__, config=options.run_config())
-    report = RunReport(run_id=run.run_id, status="running", message=None, as_of=run.as_of)
-    logger.info("run %s: warehouse %s, as of %s", run.run_id, wh.describe(), run.as_of.isoformat(sep=" "))
+    with held_run(wh, as_of, options, run_id) as run:
+        report = RunReport(run_id=run.run_id, status="running", message=None, as_of=run.as_of)
+        logger.info("run %s: warehouse %s, as of %s", run.run_id, wh.describe(), run.as_of.isoformat(sep=" "))
 
-    with recorded_failure(wh, run, report, "before fitting"):
-        with report.stage("dbt"):
-            prepare_warehouse(wh)
-            passed = dbt_build(wh, "pipeline", run.as_of)
-        logger.info("run %s: dbt built the pipeline models, %d nodes passed", run.run_id, passed)
-        with report.stage("load"):
-            pairs = load_histograms(wh, options.use_exposure)
-    with report.stage("fit"):
-        results, failures = collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
-    for r in failures.iter_rows(named=True):
-        logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
-    report.lift, report.failures = results["lift"], failures
-    if not pairs:
-        report.message = "no experiment x metric pairs to analyse (no exposures in any window)"
-    elif failures.height:
-        report.message = f"{failures.height} of {len(pairs)} experiment x metric pairs not fitted"
-    with recorded_failure(wh, run, report, "writing results failed"), report.stage("write"):
-        write_run(wh, run, results, failures, report.message)
-    report.status = "succeeded"
+        with recorded_failure(wh, run, report, "before fitting"):
+            with report.stage("dbt"):
+                prepare_warehouse(wh)
+                passed = dbt_build(wh, "pipeline", run.as_of)
+            logger.info("run %s: dbt built the pipeline models, %d nodes passed", run.run_id, passed)
+            with report.stage("load"):
+                pairs = load_histograms(wh, options.use_exposure)
+        with report.stage("fit"):
+            results, failures = collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
+        for r in failures.iter_rows(named=True):
+            logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
+        report.lift, report.failures = results["lift"], failures
+        if not pairs:
+            report.message = "no experiment x metric pairs to analyse (no exposures in any window)"
+        elif failures.height:
+            report.message = f"{failures.height} of {len(pairs)} experiment x metric pairs not fitted"
+        with recorded_failure(wh, run, report, "writing results failed"), report.stage("write"):
+            write_run(wh, run, results, failures, report.message)
+        report.status = "succeeded"
 
-    with report.stage("reports"):
-        dbt_build(wh, "reports", run.as_of)
-    publish_failure = None
-    if options.publish_results:
-        with report.stage("publish"):
+        with report.stage("reports"):
+            dbt_build(wh, "reports", run.as_of)
+        publish_failure = None
+        if options.publish_results:
+            with report.stage("publish"):
+                try:
+                    report.publication = publish_bi(wh, run.run_id, options.publish_to, options.parquet_dir)
+                    logger.info("run %s: published %d tables to %s", run.run_id, len(report.publication.rows),
+                                report.publication.bi_path)
+                except Exception as exc:
+                    publish_failure = exc
+                    logger.error("run %s: results committed, but the BI copy was not published: %s", run.run_id, exc)
+        with report.stage("artifacts"):
+            if options.plots_dir and results["posterior_draws"].height:
+                report.plots = draw_pictures(results, Path(options.plots_dir) / run.run_id)
             try:
-                report.publication = publish_bi(wh, run.run_id, options.publish_to, options.parquet_dir)
-                logger.info("run %s: published %d tables to %s", run.run_id, len(report.publication.rows),
-                            report.publication.bi_path)
-            except Exception as exc:
-                publish_failure = exc
-                logger.error("run %s: results committed, but the BI copy was not published: %s", run.run_id, exc)
-    with report.stage("artifacts"):
-        if options.plots_dir and results["posterior_draws"].height:
-            report.plots = draw_pictures(results, Path(options.plots_dir) / run.run_id)
-        try:
-            publish_artifacts(run.run_id, report.lift, failures, report.plots)
-        except Exception as exc:  # the results are committed; a missing artifact must not fail the run
-            logger.warning("run %s: artifacts not published: %s", run.run_id, exc)
-    logger.info(
-        "run %s %s: %d pairs fitted, %d failed; seconds per stage: %s", run.run_id, report.status,
-        len(pairs) - failures.height, failures.height,
-        ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()),
-    )
-    if publish_failure is not None:
-        raise PublishError(f"results of run {run.run_id} are committed, but the BI copy was not published: "
-                           f"{publish_failure}") from publish_failure
-    return report
+                publish_artifacts(run.run_id, report.lift, failures, report.plots)
+            except Exception as exc:  # the results are committed; a missing artifact must not fail the run
+                logger.warning("run %s: artifacts not published: %s", run.run_id, exc)
+        logger.info(
+            "run %s %s: %d pairs fitted, %d failed; seconds per stage: %s", run.run_id, report.status,
+            len(pairs) - failures.height, failures.height,
+            ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()),
+        )
+        if publish_failure is not None:
+            raise PublishError(f"results of run {run.run_id} are committed, but the BI copy was not published: "
+                               f"{publish_failure}") from publish_failure
+        return report

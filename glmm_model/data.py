@@ -176,6 +176,9 @@ def prepare(data, control: str) -> ExperimentData:
     empty = sorted(v for v, n in present.items() if n == 0)
     if empty:
         raise InputError(f"variant(s) {', '.join(map(repr, empty))} have no users (n_users sums to 0)")
+    if not ((frame.get_column("cv_count") * frame.get_column("n_users")) > 0).any():
+        raise InputError("column 'cv_count' is 0 for every user: no conversions in any variant, so nothing to compare "
+                         "(the posterior would be the prior); check the metric's event name and the window")
 
     variants = (control,) + tuple(sorted(v for v in present if v != control))
     arm_of = pl.DataFrame({"variant": list(variants), "arm": np.arange(len(variants), dtype=np.int32)})

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from flows.warehouse.duckdb_publish import default_bi_path
@@ -61,6 +62,25 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     assert not at.exception
     assert at.header[0].value == "onboarding_flow · purchases"
     assert [s.value for s in at.subheader][:2] == ["short_form vs control", "video_intro vs control"]
+
+
+def test_ids_from_raw_data_are_shown_as_text_not_rendered_as_markdown(demo_run, monkeypatch, tmp_path):
+    """A variant or experiment id is raw data: an image link, emphasis or a colour directive in it stays text."""
+    bi = copy_warehouse(default_bi_path(demo_run[0]), tmp_path)
+    hostile = "![x](http://tracker.invalid/p.png) **now** :red[alarm] $x$"
+    con = duckdb.connect(str(bi))
+    try:
+        con.execute("UPDATE main.rpt_experiment_results_latest SET variant = ? "
+                    "WHERE experiment_id = 'checkout_button' AND metric_id = 'add_to_cart'", [hostile])
+    finally:
+        con.close()
+    at = app_test(bi, monkeypatch).run()
+    assert not at.exception
+    shown = at.subheader[0].value
+    assert shown.endswith(" vs control")
+    for active in ("![", "](", "**", ":red[", "$x$"):  # each would render as markdown unescaped
+        assert active not in shown, active
+    assert shown.replace("\\", "") == f"{hostile} vs control"  # escapes only: the id reads as it is
 
 
 def test_app_says_plainly_when_nothing_is_published(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ def frame(**cols):
         (frame(user_id=["u1", "u2", "u2", "u3"]), "A", "'user_id' must be unique; 'u2'"),
         (pl.DataFrame({"variant": ["A", "B"]}), "A", "required column 'cv_count' is missing"),
         (frame(n_users=[1, 1, 0, 0]), "A", "variant(s) 'B' have no users"),
+        (frame(cv_count=[0, 0, 0, 0]), "A", "'cv_count' is 0 for every user: no conversions in any variant"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(data, control, message):

@@ -33,7 +33,7 @@ def hold_lock(path, seconds: float) -> subprocess.Popen:
     return holder
 
 
-def test_a_rerun_for_the_same_as_of_gives_the_same_answer_once(demo_run, nightly, tmp_path):
+def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_newest(demo_run, nightly, tmp_path):
     path = copy_warehouse(demo_run[0], tmp_path)
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
     first = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
@@ -42,8 +42,12 @@ def test_a_rerun_for_the_same_as_of_gives_the_same_answer_once(demo_run, nightly
     assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
     assert history.height == 8 and set(history["run_id"]) == {again.run_id}  # one answer for that night
+    # the old night finished last, but the latest answer stays at the newest as-of (the demo's second run)
+    newest = demo_run[2].run_id
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
-    assert latest["run_id"].to_list() == [again.run_id]
+    assert latest["run_id"].to_list() == [newest]
+    health = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_health")
+    assert health["run_id"].to_list() == [newest]
 
 
 def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_path):
@@ -60,6 +64,9 @@ def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_pa
     assert runs["status"].to_list() == ["succeeded", "succeeded"]
     for run_id in runs["run_id"]:  # the logs carry the run id
         assert f"run {run_id}: dbt built the pipeline models" in logs and f"run {run_id} succeeded" in logs
+    # backfilled nights are history, not the latest answer: that stays at the newest as-of
+    latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
+    assert latest["run_id"].to_list() == [demo_run[2].run_id]
     status = subprocess.run([EXE, "status", "--warehouse", str(path), "--limit", "3"], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
@@ -246,3 +253,50 @@ def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succ
     report = nightly(warehouse=str(path), options=small())
     assert report.status == "succeeded"
     assert sql(bi, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")["run_id"].to_list() == [report.run_id]
+
+
+def test_two_runs_at_once_with_one_prefect_home_take_turns(demo_run, tmp_path):
+    """Started together on one warehouse and one PREFECT_HOME: both end by themselves, one after the other."""
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "one-prefect-home")}
+    command = [EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    newest = sql(path, "SELECT run_id, status, started_at, finished_at FROM glmm.runs ORDER BY started_at DESC LIMIT 2")
+    assert newest["status"].to_list() == ["succeeded", "succeeded"]
+    later, earlier = newest.row(0, named=True), newest.row(1, named=True)
+    assert later["started_at"] >= earlier["finished_at"]  # the second waited for the first
+
+
+def test_a_run_that_cannot_wait_longer_says_another_run_holds_the_warehouse(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    lock = path.with_name(f".{path.name}.run-lock")
+    first = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+    try:
+        wait_for(lambda: lock.exists() and f"pid {first.pid}," in lock.read_text(), 120, "the first run's lock", first)
+        second = subprocess.run([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS], capture_output=True,
+                                text=True, env={**CLI_ENV, "GLMM_AB_RUN_LOCK_TIMEOUT": "2"}, timeout=300)
+        assert second.returncode == 1
+        assert "another run holds this warehouse" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
+        output = first.communicate(timeout=900)[0]
+        assert first.returncode == 0, output[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'failed'")["n"][0] == 0
+
+
+def test_a_run_whose_prefect_api_cannot_start_is_recorded_as_failed(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    unreachable = {**CLI_ENV, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}  # nothing listens there
+    proc = subprocess.run([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS], capture_output=True,
+                          text=True, env=unreachable, timeout=300)
+    assert proc.returncode == 1 and "run failed" in proc.stderr
+    newest = sql(path, "SELECT status, message FROM glmm.runs ORDER BY finished_at DESC, run_id DESC LIMIT 1").row(0, named=True)
+    assert newest["status"] == "failed" and newest["message"].startswith("the run did not start:")
+    status = subprocess.run([EXE, "status", "--warehouse", str(path)], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and "the run did not start" in status.stdout

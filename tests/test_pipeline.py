@@ -165,6 +165,21 @@ def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
     assert exp1["n_assignment_conflicts"] == 0
 
 
+def test_dbt_unit_tests_of_the_models_pass(demo_run, tmp_path):
+    """The models' unit tests (windowing, conflicts, dedup) run here, in development and CI: the nightly
+    build leaves them out, so they never depend on a warehouse's raw column types."""
+    import yaml
+
+    from flows.dbt import run_dbt
+    from flows.resources import dbt_project_dir
+    from flows.warehouse import open_warehouse
+
+    defined = sum(len((yaml.safe_load(p.read_text()) or {}).get("unit_tests", []))
+                  for p in (dbt_project_dir() / "models").rglob("*.yml"))
+    result = run_dbt("test", open_warehouse(copy_warehouse(demo_run[0], tmp_path)), "test_type:unit")
+    assert defined >= 4 and result.passed == defined
+
+
 def test_cli_run_exit_codes(tmp_path):
     env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     missing = subprocess.run([EXE, "run", "--warehouse", str(tmp_path / "none.duckdb")], capture_output=True, text=True, env=env)

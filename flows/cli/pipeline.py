@@ -12,8 +12,9 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from ..clock import new_run_id, utc_now
 from ..options import RunOptions
-from ..warehouse import Warehouse, WarehouseError, open_warehouse
+from ..warehouse import RunRecord, Warehouse, WarehouseError, open_warehouse, run_lock_timeout
 from . import DEMO_WAREHOUSE, EXIT_FAILED, EXIT_PARTIAL, CliError
 
 
@@ -65,21 +66,43 @@ def run_options(args) -> RunOptions:
 
 
 def _run_flow(warehouse: Warehouse, options: RunOptions, as_of: datetime | None = None) -> int:
+    """One nightly run. The warehouse is held for the run before Prefect's API starts: two runs at once
+    would start two ephemeral APIs on one PREFECT_HOME, and both write the same marts."""
     _prefect_environment()
-    from ..nightly import nightly
-
+    run_id = new_run_id()
     try:
-        report = nightly(warehouse=warehouse.describe(), as_of=as_of, options=options)
-    except WarehouseError as exc:
+        with warehouse.run_lock(run_lock_timeout()):
+            from ..nightly import nightly
+
+            report = nightly(warehouse=warehouse.describe(), as_of=as_of, options=options, run_id=run_id)
+    except WarehouseError as exc:  # the raw contract (recorded by the flow), a lock, another run
         print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # the flow recorded the failure in glmm.runs; say so plainly
-        print(f"glmm-ab: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the flow recorded its failure in glmm.runs, unless it never started
+        reason = f"{type(exc).__name__}: {exc}"
+        _record_unstarted_run(warehouse, run_id, as_of, options, reason)
+        print(f"glmm-ab: run failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     print_lift(report)
     if report.publication is not None:
         print(f"published for BI: {report.publication.bi_path} (DuckDB) and {report.publication.parquet_dir}/ (Parquet)")
     return EXIT_PARTIAL if report.failures.height else 0
+
+
+def _record_unstarted_run(warehouse: Warehouse, run_id: str, as_of: datetime | None, options: RunOptions,
+                          reason: str) -> None:
+    """A run that failed before its flow could record anything (Prefect's API did not start, ...)
+    still leaves its 'failed' glmm.runs row, so `glmm-ab status` sees it."""
+    try:
+        if warehouse.has_run(run_id):
+            return
+        from glmm_model import __version__
+
+        now = utc_now()
+        warehouse.record_failed_run(RunRecord(run_id, as_of or now, now, __version__, options.run_config()),
+                                    f"the run did not start: {reason}")
+    except Exception as exc:
+        print(f"glmm-ab: could not record the failed run {run_id} in glmm.runs: {exc}", file=sys.stderr)
 
 
 def _warehouse(args) -> Warehouse:

@@ -13,9 +13,10 @@ What a run needs, in the order the nightly flow asks:
    ``profiles.yml`` to build with, and the environment that points it here;
 3. :meth:`Warehouse.load_histograms` — every experiment x metric histogram of the
    run, read in one snapshot right after dbt built them;
-4. :meth:`Warehouse.write_run` — the result tables and the ``glmm.runs`` row, all
+4. :meth:`Warehouse.run_lock` — one run at a time: taken before anything else;
+5. :meth:`Warehouse.write_run` — the result tables and the ``glmm.runs`` row, all
    or nothing (:meth:`Warehouse.record_failed_run` for a run that failed);
-5. :meth:`Warehouse.publish` — the read-only copy BI reads.
+6. :meth:`Warehouse.publish` — the read-only copy BI reads.
 
 ``glmm-ab status`` reads :meth:`Warehouse.recent_runs` and
 :meth:`Warehouse.experiment_health`; the demo uses :meth:`Warehouse.reset` and
@@ -23,10 +24,11 @@ What a run needs, in the order the nightly flow asks:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ContextManager, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import polars as pl
@@ -96,6 +98,10 @@ class Warehouse(Protocol):
     def dbt_env(self) -> dict[str, str]:
         """Environment variables that point the dbt target at this warehouse."""
 
+    def run_lock(self, timeout: float) -> "ContextManager[None]":
+        """Hold this warehouse for one run: wait up to ``timeout`` s for another run to finish, then raise
+        WarehouseBusy naming the holder. Reentrant within a process (the CLI, then its flow)."""
+
     def is_busy(self, error: BaseException) -> bool:
         """Whether ``error`` (from this engine or from dbt on it) means another process holds the warehouse."""
 
@@ -115,6 +121,9 @@ class Warehouse(Protocol):
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         """Append a failed run's ``glmm.runs`` row (creating the result tables if need be), nothing else."""
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether ``glmm.runs`` holds a row for ``run_id``."""
+
     def recent_runs(self, limit: int) -> "pl.DataFrame | None":
         """The newest runs with pairs fitted and failed; None before the first run."""
 
@@ -132,6 +141,15 @@ class Warehouse(Protocol):
 
     def reset(self) -> None:
         """Remove the warehouse and everything in it (the demo's ``--force``)."""
+
+
+def run_lock_timeout() -> float:
+    """Seconds a run waits for another run on the same warehouse ($GLMM_AB_RUN_LOCK_TIMEOUT, default 1800)."""
+    text = os.environ.get("GLMM_AB_RUN_LOCK_TIMEOUT", "1800")
+    try:
+        return max(0.0, float(text))
+    except ValueError as exc:
+        raise WarehouseError(f"GLMM_AB_RUN_LOCK_TIMEOUT must be a number of seconds, got {text!r}") from exc
 
 
 def open_warehouse(location: str | Path) -> Warehouse:

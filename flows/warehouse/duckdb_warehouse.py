@@ -12,6 +12,7 @@ and earlier runs are never touched.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -101,6 +102,52 @@ def connect(path: str | Path, read_only: bool = False, lock_wait: float | None =
         con.close()
 
 
+_held_run_locks: set[str] = set()
+
+
+@contextmanager
+def run_lock(path: Path, timeout: float):
+    """One run at a time on the warehouse at ``path``: an OS lock on ``.<name>.run-lock`` beside it.
+
+    DuckDB's own lock guards one connection, not a run (dbt, the fits and the write open
+    and close the file many times). The OS releases this lock when the holder exits,
+    however it exits. Waits up to ``timeout`` s, polling each second; then WarehouseBusy
+    naming the holder's pid and start. Reentrant within a process.
+    """
+    key = str(path.resolve())
+    if key in _held_run_locks:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.run-lock")
+    handle = open(lock_path, "a+")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "a process that gave no details"
+                    raise WarehouseBusy(f"another run holds this warehouse ({path}): {holder}; waited {timeout:.0f} s "
+                                        "(GLMM_AB_RUN_LOCK_TIMEOUT); try again when it has finished") from None
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"glmm-ab run, pid {os.getpid()}, since {utc_now():%Y-%m-%d %H:%M:%S} UTC\n")
+        handle.flush()
+        _held_run_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_run_locks.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
 def query(con, sql: str, params: list | None = None) -> pl.DataFrame:
     """Run a query with bound parameters; rows come back through Arrow as polars."""
     return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
@@ -112,23 +159,46 @@ def create_raw_tables(con) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS raw.{table} ({ddl})")
 
 
+# What each raw column may be. Ids and names: text or whole numbers (staging casts them to
+# text). Times: TIMESTAMP, taken as UTC, or TIMESTAMP WITH TIME ZONE, converted to UTC
+# explicitly; text timestamps are refused: their time zone would be a guess.
+_TEXT_TYPES = {"VARCHAR", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+               "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+_TIME_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATE"}
+
+
+def _expected(ddl_type: str) -> tuple[set[str], str]:
+    if ddl_type == "TIMESTAMP":
+        return _TIME_TYPES, "TIMESTAMP (UTC) or TIMESTAMP WITH TIME ZONE"
+    return _TEXT_TYPES, "VARCHAR or a whole-number type"
+
+
 def check_raw_contract(con) -> None:
-    """Raise WarehouseError naming any raw table or column the contract needs and the warehouse lacks."""
+    """Raise WarehouseError naming every raw table or column the contract needs and the warehouse
+    lacks, and every column of a type the models cannot read safely (the type found and expected)."""
     have = con.execute(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'raw'"
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'raw' AND table_catalog = current_database()"
     ).fetchall()
-    columns: dict[str, set[str]] = {}
-    for table, column in have:
-        columns.setdefault(table, set()).add(column)
+    columns: dict[str, dict[str, str]] = {}
+    for table, column, data_type in have:
+        columns.setdefault(table, {})[column] = data_type.upper()
     problems = []
     for table, ddl in RAW_DDL.items():
-        needed = [part.split()[0] for part in ddl.split(", ")]
+        needed = dict(part.split(" ", 1) for part in ddl.split(", "))
         if table not in columns:
             problems.append(f"raw.{table} is missing")
             continue
         missing = [c for c in needed if c not in columns[table]]
         if missing:
             problems.append(f"raw.{table} lacks column(s) {', '.join(missing)}")
+        for column, ddl_type in needed.items():
+            found = columns[table].get(column)
+            allowed, expected = _expected(ddl_type)
+            if found is not None and found not in allowed:
+                hint = (": convert it where the logs land (glmm-ab does not guess the time zone of text timestamps)"
+                        if ddl_type == "TIMESTAMP" and found == "VARCHAR" else "")
+                problems.append(f"raw.{table}.{column} is {found}; expected {expected}{hint}")
     if problems:
         raise WarehouseError("the warehouse does not follow the raw contract: " + "; ".join(problems))
 
@@ -275,6 +345,9 @@ class DuckDBWarehouse:
     def is_busy(self, error: BaseException) -> bool:
         return isinstance(error, WarehouseBusy) or _is_lock_error(error)
 
+    def run_lock(self, timeout: float):
+        return run_lock(self.path, timeout)
+
     def check_raw_contract(self) -> None:
         with connect(self.path) as con:
             check_raw_contract(con)
@@ -296,6 +369,13 @@ class DuckDBWarehouse:
         with connect(self.path, lock_wait=5) as con:
             create_result_tables(con)
             record_failed_run(con, run, message)
+
+    def has_run(self, run_id: str) -> bool:
+        if not self.exists():
+            return False
+        with connect(self.path, read_only=True, lock_wait=10) as con:
+            return table_exists(con, RESULT_SCHEMA, "runs") and con.execute(
+                f"SELECT count(*) FROM {RESULT_SCHEMA}.runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
 
     def recent_runs(self, limit: int) -> pl.DataFrame | None:
         with connect(self.path, read_only=True, lock_wait=10) as con:

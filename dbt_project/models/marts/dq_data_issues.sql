@@ -8,19 +8,27 @@ with
 
 raw_assignments as (
 
-    select * from {{ source('raw', 'assignments') }}
+    select {{ typed_raw_columns(source('raw', 'assignments'), 'assignments') }}
+    from {{ source('raw', 'assignments') }}
 
 ),
 
 raw_events as (
 
-    select * from {{ source('raw', 'events') }}
+    select {{ typed_raw_columns(source('raw', 'events'), 'events') }}
+    from {{ source('raw', 'events') }}
 
 ),
 
 experiments as (
 
     select * from {{ ref('int_experiment_windows') }}
+
+),
+
+metrics as (
+
+    select * from {{ ref('stg_metrics') }}
 
 ),
 
@@ -103,7 +111,7 @@ future_events as (
         count(*) as n_rows,
         'events stamped after the time of the run (clock skew?) are never counted' as detail
     from raw_events
-    where event_at > {{ dbt.current_timestamp() }}
+    where event_at > {{ utc_now() }}
     having count(*) > 0
 
 ),
@@ -187,6 +195,73 @@ arm_issues as (
 
 ),
 
+inverted_windows as (
+
+    select
+        experiment_id,
+        'inverted_window' as issue,
+        'error' as severity,
+        cast(1 as {{ dbt.type_bigint() }}) as n_rows,
+        'end_at ' || cast(end_at as {{ dbt.type_string() }}) || ' is before start_at '
+            || cast(start_at as {{ dbt.type_string() }}) || ': the window is empty, nothing is analysed' as detail
+    from experiments
+    where end_at < start_at
+
+),
+
+{#- Drift: a new SDK sends 'Purchase ' for 'purchase'. Exact names only are counted
+    (a near miss may be another event); every near miss is named here and in
+    rpt_experiment_health, so the lift it would change is flagged, not trusted. -#}
+events_per_name as (
+
+    select event_name, count(*) as n_events
+    from raw_events
+    where event_name is not null
+    group by event_name
+
+),
+
+near_miss_names as (
+
+    select
+        cast(null as {{ dbt.type_string() }}) as experiment_id,
+        'event_name_near_miss' as issue,
+        'warning' as severity,
+        sum(events_per_name.n_events) as n_rows,
+        'events named like a metric but for case or surrounding spaces were not counted: '
+            || {{ dbt.listagg("'[' || events_per_name.event_name || '] for metric ' || metrics.metric_id", "'; '", "order by events_per_name.event_name") }}
+            as detail
+    from events_per_name
+    inner join metrics
+        on lower(trim(events_per_name.event_name)) = lower(trim(metrics.event_name))
+       and events_per_name.event_name <> metrics.event_name
+    having count(*) > 0
+
+),
+
+metric_totals as (
+
+    select experiment_id, metric_id, sum(cv_count) as n_events
+    from user_counts
+    group by experiment_id, metric_id
+
+),
+
+no_events as (
+
+    select
+        experiment_id,
+        'no_events' as issue,
+        'error' as severity,
+        count(*) as n_rows,
+        'no event of metric(s) ' || {{ dbt.listagg("metric_id", "', '", "order by metric_id") }}
+            || ' from any exposed user inside the window: those metrics are not fitted' as detail
+    from metric_totals
+    where n_events = 0
+    group by experiment_id
+
+),
+
 medians as (
 
     select
@@ -227,6 +302,9 @@ final as (
     union all select * from events_before_exposure
     union all select * from arm_issues
     union all select * from extreme_users
+    union all select * from inverted_windows
+    union all select * from near_miss_names
+    union all select * from no_events
 
 )
 

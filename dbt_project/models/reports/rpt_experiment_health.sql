@@ -49,13 +49,15 @@ data_issues as (
 
 raw_events as (
 
-    select * from {{ source('raw', 'events') }}
+    select {{ typed_raw_columns(source('raw', 'events'), 'events') }}
+    from {{ source('raw', 'events') }}
 
 ),
 
 raw_assignments as (
 
-    select * from {{ source('raw', 'assignments') }}
+    select {{ typed_raw_columns(source('raw', 'assignments'), 'assignments') }}
+    from {{ source('raw', 'assignments') }}
 
 ),
 
@@ -77,7 +79,7 @@ latest_pairs as (
         runs.finished_at,
         row_number() over (
             partition by pair_outcomes.experiment_id, pair_outcomes.metric_id
-            order by runs.finished_at desc, runs.run_id desc
+            order by runs.as_of desc, runs.finished_at desc, runs.run_id desc
         ) as recency
     from pair_outcomes
     inner join runs on runs.run_id = pair_outcomes.run_id and runs.status = 'succeeded'
@@ -107,11 +109,24 @@ issues_per_experiment as (
 ),
 
 {#- Freshness straight from the raw tables: a plain aggregate, no dedup scan. -#}
-last_event_per_name as (
+events_per_name as (
 
-    select event_name, max(event_at) as last_event_at
+    select event_name, count(*) as n_events, max(event_at) as last_event_at
     from raw_events
     group by event_name
+
+),
+
+{#- Drift: events whose name equals the metric's event name but for case or
+    surrounding spaces. They are not counted (dq_data_issues: event_name_near_miss). -#}
+near_misses_per_metric as (
+
+    select metrics.metric_id, sum(events_per_name.n_events) as n_near_miss_events
+    from metrics
+    inner join events_per_name
+        on lower(trim(events_per_name.event_name)) = lower(trim(metrics.event_name))
+       and events_per_name.event_name <> metrics.event_name
+    group by metrics.metric_id
 
 ),
 
@@ -145,9 +160,10 @@ joined as (
         coalesce(conflicts_per_experiment.n_assignment_conflicts, 0) as n_assignment_conflicts,
         coalesce(issues_per_experiment.n_data_issues, 0) as n_data_issues,
         issues_per_experiment.data_issues,
-        last_event_per_name.last_event_at,
+        coalesce(near_misses_per_metric.n_near_miss_events, 0) as n_near_miss_events,
+        events_per_name.last_event_at,
         last_assignment_per_experiment.last_assigned_at,
-        {{ dbt.datediff("last_event_per_name.last_event_at", "latest.as_of", "second") }} / 3600.0
+        {{ dbt.datediff("events_per_name.last_event_at", "latest.as_of", "second") }} / 3600.0
             as hours_since_last_event
     from latest_pairs as latest
     left join experiments on experiments.experiment_id = latest.experiment_id
@@ -158,7 +174,8 @@ joined as (
        and diagnostics.metric_id = latest.metric_id
     left join conflicts_per_experiment on conflicts_per_experiment.experiment_id = latest.experiment_id
     left join issues_per_experiment on issues_per_experiment.experiment_id = latest.experiment_id
-    left join last_event_per_name on last_event_per_name.event_name = metrics.event_name
+    left join events_per_name on events_per_name.event_name = metrics.event_name
+    left join near_misses_per_metric on near_misses_per_metric.metric_id = latest.metric_id
     left join last_assignment_per_experiment on last_assignment_per_experiment.experiment_id = latest.experiment_id
     where latest.recency = 1
 
@@ -172,6 +189,7 @@ final as (
             when fit_error is not null or not converged then 'failed'
             when n_assignment_conflicts > 0
               or n_data_issues > 0
+              or n_near_miss_events > 0
               or last_event_at is null
               or hours_since_last_event > {{ var('freshness_warn_hours') }}
               or ppc_p_value < {{ var('ppc_warn_p_value') }} then 'warning'
@@ -183,6 +201,9 @@ final as (
             case when n_assignment_conflicts > 0
                  then cast(n_assignment_conflicts as {{ dbt.type_string() }}) || ' user(s) in more than one variant (excluded)' end,
             case when n_data_issues > 0 then 'data issues (dq_data_issues): ' || data_issues end,
+            case when n_near_miss_events > 0
+                 then cast(n_near_miss_events as {{ dbt.type_string() }})
+                      || ' event(s) named like this metric but for case or spaces were not counted (event_name_near_miss)' end,
             case when last_event_at is null then 'no events of this metric at all' end,
             case when hours_since_last_event > {{ var('freshness_warn_hours') }}
                  then 'no new events for ' || cast(round(hours_since_last_event) as {{ dbt.type_string() }}) || ' h before the run' end,

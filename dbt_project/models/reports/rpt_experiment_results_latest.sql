@@ -1,6 +1,8 @@
-{#- The latest successful run's lift per experiment x metric x variant (the newest
-    row of rpt_lift_history), with the experiment's metadata and the fit's
-    diagnostics: what a dashboard shows. -#}
+{#- The latest answer per experiment x metric x variant: the row of
+    rpt_lift_history with the newest as-of (ties: the run that finished last),
+    with the experiment's metadata and the fit's diagnostics: what a dashboard
+    shows. Newest as-of, not newest run: rerunning or backfilling an old night
+    must not turn the dashboard back to that night. -#}
 with
 
 history as (
@@ -27,7 +29,7 @@ ranked as (
         *,
         row_number() over (
             partition by experiment_id, metric_id, variant
-            order by finished_at desc, run_id desc
+            order by as_of desc, finished_at desc, run_id desc
         ) as recency
     from history
 

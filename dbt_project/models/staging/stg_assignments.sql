@@ -9,11 +9,7 @@ source as (
 
 renamed as (
 
-    select
-        cast(experiment_id as {{ dbt.type_string() }}) as experiment_id,
-        cast(user_id as {{ dbt.type_string() }}) as user_id,
-        cast(variant as {{ dbt.type_string() }}) as variant,
-        cast(assigned_at as {{ dbt.type_timestamp() }}) as assigned_at
+    select {{ typed_raw_columns(source('raw', 'assignments'), 'assignments') }}
     from source
 
 ),

@@ -9,11 +9,7 @@ source as (
 
 typed as (
 
-    select
-        cast(event_id as {{ dbt.type_string() }}) as event_id,
-        cast(user_id as {{ dbt.type_string() }}) as user_id,
-        cast(event_name as {{ dbt.type_string() }}) as event_name,
-        cast(event_at as {{ dbt.type_timestamp() }}) as event_at
+    select {{ typed_raw_columns(source('raw', 'events'), 'events') }}
     from source
     -- a row missing any key cannot be counted: dropped, and counted in dq_data_issues
     where event_id is not null

@@ -8,11 +8,7 @@ source as (
 
 renamed as (
 
-    select
-        cast(experiment_id as {{ dbt.type_string() }}) as experiment_id,
-        cast(control_variant as {{ dbt.type_string() }}) as control_variant,
-        cast(start_at as {{ dbt.type_timestamp() }}) as start_at,
-        cast(end_at as {{ dbt.type_timestamp() }}) as end_at
+    select {{ typed_raw_columns(source('raw', 'experiments'), 'experiments') }}
     from source
 
 )

@@ -8,9 +8,7 @@ source as (
 
 renamed as (
 
-    select
-        cast(metric_id as {{ dbt.type_string() }}) as metric_id,
-        cast(event_name as {{ dbt.type_string() }}) as event_name
+    select {{ typed_raw_columns(source('raw', 'metrics'), 'metrics') }}
     from source
 
 )
