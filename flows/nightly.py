@@ -144,7 +144,22 @@ def write_run(warehouse: Warehouse, run: RunRecord, results: dict[str, pl.DataFr
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def publish_bi(warehouse: Warehouse, run_id: str, bi_path: str | None, parquet_dir: str | None) -> Publication:
-    return warehouse.publish(run_id, bi_path, parquet_dir)
+    """The BI copy; each attempt, published or failed, is recorded in glmm.publications."""
+    try:
+        publication = warehouse.publish(run_id, bi_path, parquet_dir)
+    except Exception as exc:
+        _record_publication(warehouse, run_id, "failed", bi_path or warehouse.default_bi_path(), f"{type(exc).__name__}: {exc}")
+        raise
+    _record_publication(warehouse, run_id, "published", publication.bi_path, None)
+    return publication
+
+
+def _record_publication(warehouse: Warehouse, run_id: str, status: str, bi_path, message: str | None) -> None:
+    try:
+        warehouse.record_publication(run_id, status, str(bi_path), message)
+    except Exception as exc:  # the results are committed either way; the log keeps what the table could not
+        get_run_logger().error("run %s: could not record the publication (%s) in glmm.publications: %s",
+                               run_id, status, exc)
 
 
 @task(cache_policy=NO_CACHE)

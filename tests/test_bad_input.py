@@ -148,3 +148,16 @@ def test_ids_from_raw_data_are_values_never_sql_or_paths(dirty):
     written = [Path(p).resolve() for paths in report.plots.values() for p in paths.values()]
     assert written and all(plots in p.parents for p in written)
     assert not (path.parent / "escaped").exists() and not (plots.parent / "escaped").exists()
+
+
+def test_plot_folder_names_are_short_safe_and_one_to_one():
+    """Ids from raw data become folder names: long ones are cut, any script works, two ids never share one."""
+    from flows.nightly import path_part
+
+    long_id = "x" * 500
+    ids = [long_id, long_id[:-1] + "y", "購入", "購買", "../../etc", "..", HOSTILE, "plain_id-2.v=1"]
+    parts = [path_part(i) for i in ids]
+    assert len(set(parts)) == len(ids)
+    assert all(0 < len(p) <= 64 and "/" not in p and not p.startswith(".") for p in parts), parts
+    assert path_part("plain_id-2.v=1") == "plain_id-2.v=1"  # a plain id stays readable
+    assert path_part("購入") == path_part("購入")  # and the same id always gets the same folder

@@ -122,6 +122,15 @@ def test_a_failed_publish_leaves_the_results_and_the_old_copy(demo_run, nightly,
     assert runs["status"].to_list()[0] == "succeeded" and runs.height == 3  # the results are committed
     assert sql(bi, "SELECT run_id FROM bi_publication")["run_id"][0] == "good"  # the old copy is intact
     assert sql(bi, "SELECT count(*) AS n FROM glmm.runs")["n"][0] == 2
+    # the run stays 'succeeded' (its results are good), and says its BI copy was not published
+    newest = sql(path, "SELECT run_id FROM glmm.runs ORDER BY finished_at DESC LIMIT 1")["run_id"][0]
+    attempts = sql(path, "SELECT status, bi_path, message FROM glmm.publications WHERE run_id = ?", [newest])
+    assert set(attempts["status"]) == {"failed"} and attempts["bi_path"][0] == str(bi)
+    assert "PublishError" in attempts["message"][0]
+    status = subprocess.run([str(Path(sys.executable).with_name("glmm-ab")), "status", "--warehouse", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    newest_line = next(line for line in status.stdout.splitlines() if line.startswith(newest))
+    assert status.returncode == 1 and "NOT published" in newest_line and "BI copy not published" in newest_line
     with pytest.raises(PublishError, match="cannot be the warehouse itself"):
         publish(path, "oops", bi_path=path)
 

@@ -200,7 +200,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """Print the last runs and every experiment x metric's health; exit 1 when the newest run failed."""
+    """Print the last runs and every experiment x metric's health; exit 1 when the newest run failed
+    or its BI copy was not published."""
     warehouse = _warehouse(args)
     if not warehouse.exists():
         raise CliError(f"warehouse file not found: {warehouse.describe()}")
@@ -214,15 +215,21 @@ def cmd_status(args) -> int:
         print(f"{warehouse.describe()}: no runs yet")
         return 0
     print(f"Last {runs.height} run(s) of {warehouse.describe()}:")
-    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'failed':>6}  message")
+    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'failed':>6}  "
+          f"{'BI copy':<13}  message")
+    bi_labels = {"published": "published", "failed": "NOT published", None: "-"}
     for r in runs.iter_rows(named=True):
+        message = "; ".join(filter(None, [r["message"], r["published"] == "failed"
+                                          and f"BI copy not published: {r['publish_message']}"]))
         print(f"{r['run_id']:<26} {r['as_of']:%Y-%m-%d %H:%M} {r['finished_at']:%Y-%m-%d %H:%M} {r['status']:<10} "
-              f"{r['pairs_fitted']:>6} {r['pairs_failed']:>6}  {r['message'] or ''}")
+              f"{r['pairs_fitted']:>6} {r['pairs_failed']:>6}  {bi_labels.get(r['published'], r['published']):<13}  "
+              f"{message}")
     if health.height:
         print("\nHealth of the latest results (rpt_experiment_health):")
         for r in health.iter_rows(named=True):
             print(f"{r['experiment_id']:<20} {r['metric_id']:<14} {r['health_status']:<8} {r['health_reasons'] or ''}")
-    return EXIT_FAILED if runs.height and runs["status"][0] == "failed" else 0
+    newest_failed = runs.height and (runs["status"][0] == "failed" or runs["published"][0] == "failed")
+    return EXIT_FAILED if newest_failed else 0
 
 
 def cmd_dashboard(args) -> int:

@@ -121,6 +121,9 @@ class Warehouse(Protocol):
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         """Append a failed run's ``glmm.runs`` row (creating the result tables if need be), nothing else."""
 
+    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
+        """Append ``glmm.publications``: whether a run's BI copy was 'published' or 'failed', and why."""
+
     def has_run(self, run_id: str) -> bool:
         """Whether ``glmm.runs`` holds a row for ``run_id``."""
 

@@ -32,6 +32,7 @@ from . import Publication, PublishError
 
 STORAGE_VERSION = "v1.0.0"
 PUBLISHED_PREFIXES = ("fct_", "dq_", "rpt_")
+UNPUBLISHED = ("publications",)  # glmm.* bookkeeping that stays in the warehouse
 
 
 def default_bi_path(warehouse: str | Path) -> Path:
@@ -53,16 +54,17 @@ def _ident(name: str) -> str:
 
 
 def published_tables(con, catalog: str) -> list[tuple[str, str]]:
-    """(schema, table) of every table to publish from ``catalog``."""
+    """(schema, table) of every table to publish from ``catalog``: the marts, the reports and the glmm
+    result tables, not the warehouse's own bookkeeping of its publications (the copy has bi_publication)."""
     rows = con.execute(
         """
         SELECT table_schema, table_name FROM information_schema.tables
         WHERE table_catalog = ? AND table_type = 'BASE TABLE'
-          AND (table_schema = 'glmm'
+          AND ((table_schema = 'glmm' AND table_name NOT IN (""" + ", ".join("?" for _ in UNPUBLISHED) + """))
                OR (table_schema = 'main' AND (""" + " OR ".join("starts_with(table_name, ?)" for _ in PUBLISHED_PREFIXES) + """)))
         ORDER BY table_schema, table_name
         """,
-        [catalog, *PUBLISHED_PREFIXES],
+        [catalog, *UNPUBLISHED, *PUBLISHED_PREFIXES],
     ).fetchall()
     return [(schema, table) for schema, table in rows]
 

@@ -43,6 +43,8 @@ RUNS_DDL = (
     "config JSON NOT NULL, message VARCHAR"
 )
 FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
+PUBLICATIONS_DDL = ("run_id VARCHAR NOT NULL, attempted_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, "
+                    "bi_path VARCHAR, message VARCHAR")
 
 
 def result_table_ddl(table: str) -> str:
@@ -148,15 +150,23 @@ def run_lock(path: Path, timeout: float):
         handle.close()
 
 
+def name(con, schema: str, table: str | None = None) -> str:
+    """A schema or table named with the connection's own catalog. DuckDB names a file's catalog after
+    its stem, so in ``glmm.duckdb`` (or ``raw.duckdb``) a two-part ``glmm.runs`` is ambiguous."""
+    catalog = con.execute("SELECT current_database()").fetchone()[0]
+    parts = [catalog, schema] + ([table] if table else [])
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
 def query(con, sql: str, params: list | None = None) -> pl.DataFrame:
     """Run a query with bound parameters; rows come back through Arrow as polars."""
     return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
 
 
 def create_raw_tables(con) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {name(con, 'raw')}")
     for table, ddl in RAW_DDL.items():
-        con.execute(f"CREATE TABLE IF NOT EXISTS raw.{table} ({ddl})")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, 'raw', table)} ({ddl})")
 
 
 # What each raw column may be. Ids and names: text or whole numbers (staging casts them to
@@ -204,11 +214,12 @@ def check_raw_contract(con) -> None:
 
 
 def create_result_tables(con) -> None:
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {RESULT_SCHEMA}")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.runs ({RUNS_DDL})")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.fit_failures ({FIT_FAILURES_DDL})")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {name(con, RESULT_SCHEMA)}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'runs')} ({RUNS_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_failures')} ({FIT_FAILURES_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'publications')} ({PUBLICATIONS_DDL})")
     for table in SCHEMAS:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.{table} ({result_table_ddl(table)})")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, table)} ({result_table_ddl(table)})")
 
 
 def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
@@ -217,18 +228,19 @@ def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
         sql = """
             SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
                    CAST(h.exposure_days_cell AS DOUBLE) AS exposure, h.n_users
-            FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e USING (experiment_id)
+            FROM {histogram} AS h JOIN {experiments} AS e USING (experiment_id)
             ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count, exposure
         """
     else:
         sql = """
             SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
                    CAST(SUM(h.n_users) AS BIGINT) AS n_users
-            FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e USING (experiment_id)
+            FROM {histogram} AS h JOIN {experiments} AS e USING (experiment_id)
             GROUP BY ALL
             ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count
         """
-    rows = query(con, sql)
+    rows = query(con, sql.format(histogram=name(con, "main", "fct_cv_count_histogram"),
+                                 experiments=name(con, "main", "stg_experiments")))
     keys = ["experiment_id", "metric_id", "control_variant"]
     return [
         PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys))
@@ -261,7 +273,7 @@ def append(con, table: str, frame: pl.DataFrame) -> None:
 
 def _insert_run(con, run: RunRecord, status: str, message: str | None) -> None:
     con.execute(
-        f"INSERT INTO {RESULT_SCHEMA}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO {name(con, RESULT_SCHEMA, 'runs')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [run.run_id, run.as_of, run.started_at, utc_now(), status, run.package_version,
          json.dumps(run.config, default=str), message],
     )
@@ -280,7 +292,7 @@ def write_run(con, run: RunRecord, results: dict[str, pl.DataFrame], failures: p
     with transaction(con):
         for table, frame in {**results, "fit_failures": failures}.items():
             if frame.height:  # an empty frame may have no columns at all
-                append(con, f"{RESULT_SCHEMA}.{table}", frame.with_columns(pl.lit(run.run_id).alias("run_id")))
+                append(con, name(con, RESULT_SCHEMA, table), frame.with_columns(pl.lit(run.run_id).alias("run_id")))
         _insert_run(con, run, "succeeded", message)
 
 
@@ -297,19 +309,31 @@ def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
     create_raw_tables(con)
     with transaction(con):
         for table, frame in tables.items():
-            con.execute(f"DELETE FROM raw.{table}")
-            append(con, f"raw.{table}", frame)
+            con.execute(f"DELETE FROM {name(con, 'raw', table)}")
+            append(con, name(con, "raw", table), frame)
 
 
 def recent_runs(con, limit: int = 10) -> pl.DataFrame:
-    """The newest runs with how many pairs each fitted and failed."""
+    """The newest runs with how many pairs each fitted and failed, and whether its BI copy was published
+    (``published``: the last attempt's status, NULL when none was made; ``publish_message``: why it failed)."""
+    if table_exists(con, RESULT_SCHEMA, "publications"):
+        last_attempt = f"""(SELECT {{}} FROM {name(con, RESULT_SCHEMA, "publications")} p WHERE p.run_id = r.run_id
+                            ORDER BY p.attempted_at DESC LIMIT 1)"""
+        published, publish_message = last_attempt.format("p.status"), last_attempt.format("p.message")
+    else:  # a warehouse from before publications were recorded
+        published = publish_message = "CAST(NULL AS VARCHAR)"
     return query(con, f"""
         SELECT r.run_id, r.as_of, r.finished_at, r.status,
-               (SELECT count(*) FROM {RESULT_SCHEMA}.diagnostics d WHERE d.run_id = r.run_id) AS pairs_fitted,
-               (SELECT count(*) FROM {RESULT_SCHEMA}.fit_failures f WHERE f.run_id = r.run_id) AS pairs_failed,
-               r.message
-        FROM {RESULT_SCHEMA}.runs r ORDER BY r.finished_at DESC, r.run_id DESC LIMIT ?
+               (SELECT count(*) FROM {name(con, RESULT_SCHEMA, "diagnostics")} d WHERE d.run_id = r.run_id) AS pairs_fitted,
+               (SELECT count(*) FROM {name(con, RESULT_SCHEMA, "fit_failures")} f WHERE f.run_id = r.run_id) AS pairs_failed,
+               r.message, {published} AS published, {publish_message} AS publish_message
+        FROM {name(con, RESULT_SCHEMA, "runs")} r ORDER BY r.finished_at DESC, r.run_id DESC LIMIT ?
     """, [limit])
+
+
+def record_publication(con, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
+    con.execute(f"INSERT INTO {name(con, RESULT_SCHEMA, 'publications')} VALUES (?, ?, ?, ?, ?)",
+                [run_id, utc_now(), status, bi_path, message])
 
 
 def table_exists(con, schema: str, table: str) -> bool:
@@ -322,7 +346,7 @@ def experiment_health(con) -> pl.DataFrame:
     if not table_exists(con, "main", "rpt_experiment_health"):
         return pl.DataFrame()
     return query(con, "SELECT experiment_id, metric_id, health_status, health_reasons "
-                      "FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id")
+                      f"FROM {name(con, 'main', 'rpt_experiment_health')} ORDER BY experiment_id, metric_id")
 
 
 @dataclass(frozen=True)
@@ -375,7 +399,12 @@ class DuckDBWarehouse:
             return False
         with connect(self.path, read_only=True, lock_wait=10) as con:
             return table_exists(con, RESULT_SCHEMA, "runs") and con.execute(
-                f"SELECT count(*) FROM {RESULT_SCHEMA}.runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+                f"SELECT count(*) FROM {name(con, RESULT_SCHEMA, 'runs')} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
+        with connect(self.path, lock_wait=30) as con:
+            create_result_tables(con)
+            record_publication(con, run_id, status, bi_path, message)
 
     def recent_runs(self, limit: int) -> pl.DataFrame | None:
         with connect(self.path, read_only=True, lock_wait=10) as con:
