@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import stopping
 from .resources import dbt_profiles_dir, dbt_project_dir
 from .warehouse import Warehouse
 
@@ -56,8 +57,11 @@ def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_
             args += ["--vars", json.dumps({"as_of": as_of})]
         args += extra or []
         env = {**os.environ, **warehouse.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp)
-        output = proc.stdout + proc.stderr
+        # a stop (SIGTERM) terminates it: dbt then ends its open transaction and exits
+        with stopping.child_process(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                     env=env, cwd=tmp)) as proc:
+            stdout, stderr = proc.communicate()
+        output = stdout + stderr
         results_path = Path(tmp) / "target" / "run_results.json"
         results = json.loads(results_path.read_text())["results"] if results_path.exists() else []
     failed = [f"{r['unique_id']}: {r['status']} - {(r.get('message') or '').strip()}" for r in results

@@ -35,9 +35,10 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from glmm_model import InputError, __version__, configure, fit
+from glmm_model import FitCancelled, FitTimeout, InputError, __version__, configure, fit
 from glmm_model.schema import SCHEMAS
 
+from . import stopping
 from .clock import new_run_id, utc_now
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, DbtError, run_dbt
 from .options import RunOptions
@@ -91,8 +92,9 @@ def path_part(identifier: str) -> str:
 
 
 def _is_transient(task, task_run, state) -> bool:
-    """Retry unexpected errors, never bad data (it would fail the same way again)."""
-    return not isinstance(state.result(raise_on_failure=False), InputError)
+    """Retry unexpected errors; never bad data (it would fail the same way again), a fit that ran out
+    of time (it would again, and double the night) or one cancelled by a stop."""
+    return not isinstance(state.result(raise_on_failure=False), (InputError, FitTimeout, FitCancelled))
 
 
 def _is_busy(task, task_run, state) -> bool:
@@ -131,6 +133,8 @@ def load_histograms(warehouse: Warehouse, use_exposure: bool) -> list[PairHistog
 def fit_pair(pair: PairHistogram, options: RunOptions) -> dict[str, pl.DataFrame]:
     """One pair's result tables, keyed by experiment and metric. Pure: nothing read or written."""
     configure()  # once per process: this may be a task-runner worker
+    if stopping.requested():  # the run is stopping: pairs still queued do not start
+        raise FitCancelled("the run is stopping")
     result = fit(pair.histogram, pair.control_variant, options.fit_config(pair.experiment_id, pair.metric_id))
     keys = [pl.lit(pair.experiment_id).alias("experiment_id"), pl.lit(pair.metric_id).alias("metric_id")]
     return {name: table.select(*keys, pl.all()) for name, table in result.tables().items()}
@@ -233,17 +237,24 @@ def held_run(wh: Warehouse, as_of: datetime | None, options: RunOptions, run_id:
 
 @contextmanager
 def recorded_failure(warehouse: Warehouse, run: RunRecord, report: RunReport, what: str):
-    """On any error in the block: a 'failed' glmm.runs row with the reason, then re-raise."""
+    """On any error in the block: a 'failed' glmm.runs row with the reason, then re-raise. An error
+    caused by a stop (a terminated dbt, cancelled fits) is recorded and raised as the stop."""
     try:
         yield
+        stopping.check()
     except Exception as exc:
+        if stopping.requested() and not isinstance(exc, stopping.RunStopped):
+            try:
+                stopping.check()
+            except stopping.RunStopped as stop:
+                stop.__cause__, exc = exc, stop
         report.status, report.message = "failed", f"{what}: {type(exc).__name__}: {exc}"
         get_run_logger().error("run %s failed: %s", run.run_id, report.message)
         try:
             warehouse.record_failed_run(run, report.message)
         except Exception as record_exc:  # the warehouse is locked or gone: the log is all there is
             get_run_logger().error("run %s: could not record the failure in glmm.runs: %s", run.run_id, record_exc)
-        raise
+        raise exc
 
 
 # One pair at a time on this process's cores: each fit already runs its chains on two threads.
@@ -261,6 +272,7 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
     ``run_id``: given by the CLI, so it can record a run whose flow never started.
     """
     configure()
+    stopping.reinstall_in_flow()
     options = options or RunOptions()
     logger = get_run_logger()
     wh = open_warehouse(warehouse)
@@ -275,7 +287,7 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             logger.info("run %s: dbt built the pipeline models, %d nodes passed", run.run_id, passed)
             with report.stage("load"):
                 pairs = load_histograms(wh, options.use_exposure)
-        with report.stage("fit"):
+        with recorded_failure(wh, run, report, "while fitting"), report.stage("fit"):
             results, failures = collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
         for r in failures.iter_rows(named=True):
             logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
@@ -288,8 +300,17 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             write_run(wh, run, results, failures, report.message)
         report.status = "succeeded"
 
-        with report.stage("reports"):
-            dbt_build(wh, "reports", run.as_of)
+        try:  # committed: a stop from here on leaves the reports and the BI copy to the next run
+            stopping.check()
+            with report.stage("reports"):
+                dbt_build(wh, "reports", run.as_of)
+            stopping.check()
+        except Exception as exc:
+            if stopping.requested():
+                logger.error("run %s: results committed; stopped before the reports and the BI copy were refreshed",
+                             run.run_id)
+                raise stopping.RunStopped(stopping.signal_number()) from exc
+            raise
         publish_failure = None
         if options.publish_results:
             with report.stage("publish"):

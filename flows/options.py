@@ -38,6 +38,9 @@ class RunOptions:
     seed: int = field(default=42, metadata=_flag("--seed", type=int, help="base seed; each pair derives its own (default 42)"))
     use_exposure: bool = field(default=False, metadata=_flag(
         "--exposure", action="store_true", help="use exposure days as a log offset (rates per day)"))
+    fit_timeout: float = field(default=900.0, metadata=_flag(
+        "--fit-timeout", type=float, metavar="SECONDS",
+        help="stop a pair's sampling after this long and record the pair in glmm.fit_failures; 0 = no limit (default 900)"))
     plots_dir: str | None = field(default=None, metadata=_flag(
         "--plots-dir", help="write each pair's three pictures under DIR/<run_id>/"))
     publish_to: str | None = field(default=None, metadata=_flag(
@@ -61,6 +64,8 @@ class RunOptions:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
+        if isinstance(self.fit_timeout, bool) or not isinstance(self.fit_timeout, (int, float)) or not self.fit_timeout >= 0:
+            raise ValueError(f"fit_timeout must be a number of seconds >= 0 (0: no limit), got {self.fit_timeout!r}")
 
     # -- the command line -------------------------------------------------------------------
     @classmethod
@@ -100,7 +105,7 @@ class RunOptions:
             priors=Priors.from_preset(self.priors),
             sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
                                   num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),
-                                  progress_bar=False),
+                                  progress_bar=False, time_limit_s=self.fit_timeout or None),
         )
 
 

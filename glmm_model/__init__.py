@@ -19,10 +19,12 @@ from .config import DecisionRules, FitConfig, Priors, SamplerConfig
 from .data import InputError, prepare
 from .fit import FitResult, fit
 from .runtime import configure
+from .sampling import FitCancelled, FitTimeout, cancel_running
 
 try:
     __version__ = version("glmm-ab")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["fit", "configure", "FitConfig", "FitResult", "Priors", "SamplerConfig", "DecisionRules", "InputError", "prepare", "__version__"]
+__all__ = ["fit", "configure", "FitConfig", "FitResult", "Priors", "SamplerConfig", "DecisionRules", "InputError", "prepare",
+           "FitTimeout", "FitCancelled", "cancel_running", "__version__"]

@@ -60,6 +60,7 @@ class SamplerConfig:
     dense_mass: bool = True
     seed: int = 42
     progress_bar: bool | None = None  # None: on when stderr is a terminal
+    time_limit_s: float | None = None  # sampling stops (FitTimeout) this long after its first, compiling, chunk
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class FitConfig:
             raise ValueError("num_chains and num_samples must be >= 1, num_warmup >= 0")
         if not 0 <= self.sampler.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.sampler.seed}")
+        if self.sampler.time_limit_s is not None and not self.sampler.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds or None, got {self.sampler.time_limit_s}")
 
     def with_(self, **changes) -> "FitConfig":
         return replace(self, **changes)

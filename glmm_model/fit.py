@@ -18,7 +18,7 @@ import polars as pl
 from . import pictures, predictive, runtime, summaries
 from .config import FitConfig
 from .data import ExperimentData, prepare
-from .sampling import Posterior, sample
+from .sampling import FitTimeout, Posterior, sample
 from .schema import SCHEMAS, frame
 
 
@@ -65,7 +65,10 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     ``data``: polars DataFrame or Arrow table with ``variant``, ``cv_count``, and
     optionally ``exposure``, ``user_id`` (one row per user) or ``n_users`` (rows
     already counted per cell). ``control``: the control variant's name.
-    Raises :class:`glmm_model.InputError` on bad input, before any sampling.
+    Raises :class:`glmm_model.InputError` on bad input, before any sampling;
+    :class:`glmm_model.FitTimeout` when it is still sampling ``config.sampler.time_limit_s``
+    after sampling started; :class:`glmm_model.FitCancelled` when :func:`glmm_model.cancel_running`
+    stops it.
     """
     config = config or FitConfig()
     runtime.ensure_configured()
@@ -78,7 +81,12 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         )
     srm = summaries.srm_p_value(users, config.planned_split)
 
-    posterior = sample(exp, config)
+    try:
+        posterior = sample(exp, config)
+    except FitTimeout:
+        raise FitTimeout(f"sampling did not finish within its time limit of {config.sampler.time_limit_s:g} s ({exp.num_arms} variants, "
+                         f"{exp.n_cells} histogram cells, {config.sampler.num_chains} chains x "
+                         f"{config.sampler.num_warmup + config.sampler.num_samples} iterations); it was stopped") from None
     beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
     level = config.ci_level
     summary_rows = summaries.posterior_summary(posterior.draws, posterior.variants, level)

@@ -15,6 +15,11 @@ progress bar move and one program serve any number of draws.
 
 Initial values are drawn uniformly in (-2, 2) on the unconstrained scale, as
 NumPyro's default ``init_to_uniform`` does.
+
+Sampling can be bounded in time (``SamplerConfig.time_limit_s``) and cancelled from another thread
+(:func:`cancel_running`): both are checked between chunks, so a fit stops within
+one chunk. The group threads are daemon threads: even an XLA call that never
+returned could not keep the process from exiting.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 
@@ -36,6 +41,36 @@ from .model_inputs import cell_tiers, prior_arrays
 
 CHUNK = 100
 CHAINS_PER_GROUP = 2
+# Chains are vectorised in pairs only while the dense mass matrix is this small. jaxlib 0.10
+# splits a *batched* LAPACK call (batch = the chains of a group) over XLA's intra-op pool and
+# waits for the pieces inside a pool thread; two groups doing so at once on a 2-thread pool
+# waited for each other forever (a 200-arm experiment: Cholesky of 201 x 201, batch 2). With
+# one chain per group every LAPACK call has batch 1 and runs inline, whatever its size. A batch
+# of 2 splits from 47 dimensions on (triangular solves; Cholesky from 67), far above this bound,
+# which is where pairs stop paying: sampling took 3.4 s in pairs vs 4.4 s single at 10
+# dimensions (9 arms), 17.8 s vs 12.8 s at 21 (20 arms).
+MAX_VECTORISED_DIM = 16
+POLL_SECONDS = 0.1
+# The first chunk of draws also compiles the program (~10 s for a shape new to the machine): it gets
+# this much on top of the time limit, which then counts from the moment a first chunk came back.
+FIRST_CHUNK_ALLOWANCE_S = 120.0
+
+
+class FitTimeout(RuntimeError):
+    """Sampling ran past its deadline and was stopped (no result)."""
+
+
+class FitCancelled(RuntimeError):
+    """Sampling was cancelled by :func:`cancel_running` (a run being stopped)."""
+
+
+_generation = 0  # bumped by cancel_running(); a fit started under an older value stops
+
+
+def cancel_running() -> None:
+    """Stop every fit sampling in this process now (within one chunk); later fits run as usual."""
+    global _generation
+    _generation += 1
 SUMMARY_SITES = ("beta0", "beta", "s")
 FIXED_EFFECT_SITES = ("beta", "log_mean0", "s")  # the sampled (unconstrained) fixed-effect sites
 
@@ -149,13 +184,39 @@ def _build_chunk(model_name: str, data_tree, data_leaves, sc: SamplerConfig, den
     return chunk, example
 
 
-def chain_groups(num_chains: int) -> list[int]:
-    """Chains per group: groups of ``CHAINS_PER_GROUP``, the last one smaller when they do not divide."""
-    full, rest = divmod(num_chains, CHAINS_PER_GROUP)
-    return [CHAINS_PER_GROUP] * full + ([rest] if rest else [])
+def chain_groups(num_chains: int, mass_dim: int = 0) -> list[int]:
+    """Chains per group: pairs (the last one smaller when they do not divide) while the dense mass
+    matrix has at most ``MAX_VECTORISED_DIM`` dimensions, else one chain per group."""
+    per_group = CHAINS_PER_GROUP if mass_dim <= MAX_VECTORISED_DIM else 1
+    full, rest = divmod(num_chains, per_group)
+    return [per_group] * full + ([rest] if rest else [])
 
 
-def _run_group(program, group: int, seed: int, data_leaves, total: int, bar) -> list:
+class _Stop:
+    """Why the group threads should stop between chunks: a deadline passed or the fit was cancelled."""
+
+    def __init__(self, limit: float | None):
+        self.limit, self.deadline, self.generation, self.reason = limit, None, _generation, None
+
+    def start(self) -> None:
+        """Sampling starts: the first chunk may also compile."""
+        if self.limit:
+            self.deadline = time.monotonic() + self.limit + FIRST_CHUNK_ALLOWANCE_S
+
+    def first_chunk_done(self) -> None:
+        if self.limit:
+            self.deadline = min(self.deadline, time.monotonic() + self.limit)
+
+    def check(self) -> None:
+        if self.reason is None and _generation != self.generation:
+            self.reason = FitCancelled("the fit was cancelled")
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = FitTimeout("sampling ran past the fit's time limit")
+        if self.reason is not None:
+            raise self.reason
+
+
+def _run_group(program, group: int, seed: int, data_leaves, total: int, bar, stop: _Stop) -> list:
     """Every chunk's outputs for one group of chains (runs in its own thread)."""
     # every argument on the device from the first call on: a host array where a device
     # array came before counts as a new input placement and costs a second compilation
@@ -166,15 +227,67 @@ def _run_group(program, group: int, seed: int, data_leaves, total: int, bar) -> 
     )
     chunks = []
     for i in range(math.ceil(total / CHUNK)):
+        stop.check()
         state, out = program.call(state, np.bool_(i == 0), seed, group, data_leaves)
         chunks.append(jax.device_get(out))
+        if i == 0:
+            stop.first_chunk_done()
         if bar is not None:
             bar.update(min(CHUNK, total - i * CHUNK))
     return chunks
 
 
+def _in_threads(work, n: int, workers: int, stop: _Stop) -> list:
+    """``[work(0), ..., work(n - 1)]`` on ``workers`` daemon threads. The caller polls, so a deadline
+    or a cancel ends the wait even while a thread is inside a call that does not return.
+
+    On a stop or an error the other threads finish the chunk they are in (they check ``stop``
+    between chunks) before this returns: a thread still inside XLA when the interpreter exits
+    aborts the process. One that does not come back within ``FIRST_CHUNK_ALLOWANCE_S`` is left.
+    """
+    results, errors, pending = [None] * n, [], list(range(n))
+    lock, finished = threading.Lock(), threading.Semaphore(0)
+
+    def worker():
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                i = pending.pop(0)
+            try:
+                results[i] = work(i)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                with lock:
+                    errors.append(exc)
+            finally:
+                finished.release()
+
+    threads = [threading.Thread(target=worker, name=f"nuts_{k}", daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    done, failure = 0, None
+    while done < n and failure is None:
+        if finished.acquire(timeout=POLL_SECONDS):
+            done += 1
+            failure = errors[0] if errors else None
+        else:
+            try:
+                stop.check()
+            except (FitTimeout, FitCancelled) as exc:
+                failure = exc
+    if failure is not None:
+        with lock:
+            pending.clear()
+        stop.reason = stop.reason or failure  # the others stop at their next chunk
+        give_up = time.monotonic() + FIRST_CHUNK_ALLOWANCE_S
+        for thread in threads:
+            thread.join(timeout=max(0.0, give_up - time.monotonic()))
+        raise failure
+    return results
+
+
 def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = False, dense_mass=True,
-             sites: tuple = SUMMARY_SITES):
+             sites: tuple = SUMMARY_SITES, mass_dim: int = 0):
     """Draws (chains, draws, ...) of ``sites``, and the sampler statistics (chains, draws).
 
     Chains run in groups (:func:`chain_groups`), vectorised within a group, one
@@ -182,10 +295,15 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
     that calls it, so two groups use two cores. On the article's example two
     groups of two chains on two cores took 0.74 s where four vectorised chains
     took 1.25 s. Group g's chains start from ``fold_in(PRNGKey(seed), g)``, so the
-    draws depend on the seed and the number of chains, not on the machine's cores.
+    draws depend on the seed, the number of chains and ``mass_dim`` (the dense mass
+    matrix's size, which sets the grouping), not on the machine's cores.
+    Sampling still running ``sc.time_limit_s`` after its first chunk of draws came back
+    (that chunk, which also compiles, may take ``FIRST_CHUNK_ALLOWANCE_S`` more) stops
+    with :class:`FitTimeout`.
     """
+    stop = _Stop(sc.time_limit_s)  # a cancel from now on counts
     data_leaves, data_tree = jax.tree.flatten((args, kwargs))
-    groups = chain_groups(sc.num_chains)
+    groups = chain_groups(sc.num_chains, mass_dim)
 
     def program_for(chains: int):
         group_sc = replace(sc, num_chains=chains)
@@ -198,6 +316,7 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
         )
 
     group_programs = [program_for(chains) for chains in groups]
+    stop.start()
     total = sc.num_warmup + sc.num_samples
     bar = None
     if progress:
@@ -207,10 +326,9 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(len(groups), cores))
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nuts") as pool:
-            per_group = list(pool.map(
-                lambda g: _run_group(group_programs[g], g, sc.seed, data_leaves, total, bar), range(len(groups))
-            ))
+        per_group = _in_threads(
+            lambda g: _run_group(group_programs[g], g, sc.seed, data_leaves, total, bar, stop), len(groups), workers, stop
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -238,7 +356,9 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
         sites = SUMMARY_SITES + ("r",)
 
     started = time.perf_counter()
-    draws, stats = run_nuts(model, args, kwargs, config.sampler, _progress(config.sampler), dense, sites)
+    mass_dim = data.num_arms + 1 if config.sampler.dense_mass else 0  # beta per treatment, log_mean0 and s
+    draws, stats = run_nuts(model, args, kwargs, config.sampler, _progress(config.sampler), dense, sites,
+                            mass_dim=mass_dim)
     seconds = time.perf_counter() - started
     r = draws.pop("r", None)
     return Posterior(

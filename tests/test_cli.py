@@ -138,6 +138,14 @@ def test_run_options_are_one_definition_for_the_cli_the_flow_and_served_runs(tmp
     assert params["options"] == served and served.plots_dir == str(Path("pics").resolve())
     with pytest.raises(ValueError, match="num_chains must be a whole number >= 1"):
         RunOptions(num_chains=0)
+    # the per-pair time limit reaches each fit's sampler; 0 means none; it is not a statistical setting
+    timed = RunOptions.from_args(build_parser().parse_args(["run", "--fit-timeout", "30"]))
+    assert timed.fit_config("e", "m").sampler.time_limit_s == 30
+    assert RunOptions(fit_timeout=0).fit_config("e", "m").sampler.time_limit_s is None
+    assert "fit_timeout" not in timed.run_config()
+    for bad in (-1, float("nan"), True):
+        with pytest.raises(ValueError, match="fit_timeout must be a number of seconds >= 0"):
+            RunOptions(fit_timeout=bad)
 
 
 def test_fit_command_imports_neither_prefect_nor_dbt_nor_duckdb(article_csv):

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from .. import stopping
 from ..clock import new_run_id, utc_now
 from ..options import RunOptions
 from ..warehouse import RunRecord, Warehouse, WarehouseError, open_warehouse, run_lock_timeout
@@ -69,12 +70,17 @@ def _run_flow(warehouse: Warehouse, options: RunOptions, as_of: datetime | None 
     """One nightly run. The warehouse is held for the run before Prefect's API starts: two runs at once
     would start two ephemeral APIs on one PREFECT_HOME, and both write the same marts."""
     _prefect_environment()
+    stopping.install()
     run_id = new_run_id()
     try:
         with warehouse.run_lock(run_lock_timeout()):
             from ..nightly import nightly
 
-            report = nightly(warehouse=warehouse.describe(), as_of=as_of, options=options, run_id=run_id)
+            with stopping.in_flow():
+                report = nightly(warehouse=warehouse.describe(), as_of=as_of, options=options, run_id=run_id)
+    except stopping.RunStopped as exc:  # recorded by the flow when it had started
+        print(f"glmm-ab: run {run_id} {exc}", file=sys.stderr)
+        return exc.exit_code
     except WarehouseError as exc:  # the raw contract (recorded by the flow), a lock, another run
         print(f"glmm-ab: run failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -146,6 +152,9 @@ def cmd_backfill(args) -> int:
         day = first + timedelta(days=k)
         print(f"\n== backfill {k + 1} of {(last - first).days + 1}: as of {day} 00:00 ==")
         codes[day] = _run_flow(warehouse, options, datetime.combine(day, datetime.min.time()))
+        if stopping.requested():
+            print(f"backfill stopped ({stopping.RunStopped(stopping.signal_number())}) at {day}", file=sys.stderr)
+            return codes[day]
     failed = [str(d) for d, c in codes.items() if c == EXIT_FAILED]
     print(f"\nbackfill {first}..{last}: {len(codes) - len(failed)} of {len(codes)} runs succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else ""))

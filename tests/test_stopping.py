@@ -1,0 +1,99 @@
+"""The night always ends: a wide experiment fits under the nightly job, a fit past its time limit is
+recorded and the others go on, and SIGTERM stops a run within seconds with its failure recorded."""
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from flows.warehouse import open_warehouse
+from pipeline_helpers import EXE, sql
+
+CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+T0 = datetime(2026, 10, 1)
+AS_OF = "2026-10-20T00:00:00"
+
+
+def wide_warehouse(path, wide_arms: int = 70):
+    """'ab': 2 arms x 40 users; 'wide': ``wide_arms`` arms x 3 users (a 71-dimensional mass matrix at 70,
+    past the size at which two chain groups used to deadlock); one metric."""
+    assignments, events = [], []
+    for experiment, arms, users in (("ab", 2, 40), ("wide", wide_arms, 3)):
+        for a in range(arms):
+            for u in range(users):
+                user = f"{experiment}-{a}-{u}"
+                assignments.append((experiment, user, f"v{a:03d}", T0 + timedelta(hours=u)))
+                for k in range((a + u) % 4):
+                    events.append((f"{user}-{k}", user, "purchase", T0 + timedelta(days=1, hours=k)))
+    open_warehouse(path).load_raw({
+        "experiments": pl.DataFrame([("ab", "v000", T0 - timedelta(days=1), None), ("wide", "v000", T0 - timedelta(days=1), None)],
+                                    orient="row", schema={"experiment_id": pl.String, "control_variant": pl.String,
+                                                          "start_at": pl.Datetime("us"), "end_at": pl.Datetime("us")}),
+        "metrics": pl.DataFrame({"metric_id": ["purchases"], "event_name": ["purchase"]}),
+        "assignments": pl.DataFrame(assignments, orient="row", schema=["experiment_id", "user_id", "variant", "assigned_at"]),
+        "events": pl.DataFrame(events, orient="row", schema=["event_id", "user_id", "event_name", "event_at"]),
+    })
+    return path
+
+
+def run(path, *args, timeout=900):
+    return subprocess.run([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish", *args],
+                          capture_output=True, text=True, env=CLI_ENV, timeout=timeout)
+
+
+def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_its_limit(tmp_path):
+    path = wide_warehouse(tmp_path / "wide.duckdb")
+    # 4 chains: two chain groups at once, which used to hang the night at 0% CPU
+    done = run(path, "--chains", "4", "--warmup", "20", "--samples", "20")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lift = sql(path, "SELECT experiment_id, count(*) AS n FROM glmm.lift GROUP BY ALL ORDER BY ALL")
+    assert lift.rows() == [("ab", 1), ("wide", 69)]
+
+    limited = run(path, "--chains", "4", "--warmup", "100", "--samples", "100", "--fit-timeout", "5")
+    assert limited.returncode == 3, limited.stdout[-3000:] + limited.stderr[-3000:]  # some pairs not fitted
+    newest = sql(path, "SELECT run_id, status FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
+    assert newest["status"] == "succeeded"
+    failures = sql(path, "SELECT experiment_id, error FROM glmm.fit_failures WHERE run_id = ?", [newest["run_id"]])
+    assert failures["experiment_id"].to_list() == ["wide"]
+    assert "FitTimeout: sampling did not finish within its time limit of 5 s (70 variants" in failures["error"][0]
+    fitted = sql(path, "SELECT DISTINCT experiment_id FROM glmm.lift WHERE run_id = ?", [newest["run_id"]])
+    assert fitted["experiment_id"].to_list() == ["ab"]  # the night went on
+    assert "not fitted: wide x purchases: FitTimeout" in limited.stdout
+
+
+def test_sigterm_stops_a_run_while_it_fits_and_records_why(tmp_path):
+    path = wide_warehouse(tmp_path / "stop.duckdb", wide_arms=30)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        # long sampling and no time limit: only the signal can end it early
+        proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish",
+                                 "--chains", "4", "--warmup", "5000", "--samples", "50000", "--fit-timeout", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+    try:
+        deadline = time.monotonic() + 600
+        while "dbt built the pipeline models" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(8)  # into the fits
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    output = log.read_text()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert took < 60, f"took {took:.0f} s to stop"
+    assert "stopped by SIGTERM" in output
+    runs = sql(path, "SELECT run_id, status, message FROM glmm.runs")
+    assert runs["status"].to_list() == ["failed"]
+    assert runs["message"][0] == "while fitting: RunStopped: stopped by SIGTERM"
+    for table in ("lift", "diagnostics", "fit_failures"):  # nothing of the stopped run
+        assert sql(path, f"SELECT count(*) AS n FROM glmm.{table}")["n"][0] == 0
+    status = subprocess.run([EXE, "status", "--warehouse", str(path)], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and "stopped by SIGTERM" in status.stdout  # the run lock is free again
