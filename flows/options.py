@@ -96,8 +96,9 @@ class RunOptions:
         """The statistical settings, as ``glmm.runs.config`` records them."""
         return {k: getattr(self, k) for k in self.STATISTICAL}
 
-    def fit_config(self, experiment_id: str, metric_id: str):
-        """The engine's :class:`glmm_model.FitConfig` for one pair (its own seed, no progress bar)."""
+    def fit_config(self, experiment_id: str, metric_id: str, planned_split=None):
+        """The engine's :class:`glmm_model.FitConfig` for one pair (its own seed, no progress bar,
+        the experiment's planned traffic split: None for an equal one)."""
         from glmm_model import FitConfig, Priors, SamplerConfig
 
         return FitConfig(
@@ -106,6 +107,7 @@ class RunOptions:
             sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
                                   num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),
                                   progress_bar=False, time_limit_s=self.fit_timeout or None),
+            planned_split=planned_split,
         )
 
 

@@ -1,6 +1,8 @@
 """Typed, immutable configuration of a fit: priors, sampler settings, decision rules."""
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -93,7 +95,9 @@ class FitConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     decision: DecisionRules = field(default_factory=DecisionRules)
     ci_level: float = 0.95  # equal-tailed posterior intervals
-    planned_split: tuple[float, ...] | None = None  # per variant in sorted-name order; None = equal
+    # variant -> planned share of traffic (any positive weights; normalised and kept as sorted
+    # (variant, share) pairs); None = an equal split over the variants observed
+    planned_split: Mapping[str, float] | tuple[tuple[str, float], ...] | None = None
     ppc_draws: int = 400  # thinned posterior draws used by the predictive check
 
     def __post_init__(self) -> None:
@@ -105,6 +109,8 @@ class FitConfig:
             raise ValueError("num_chains and num_samples must be >= 1, num_warmup >= 0")
         if not 0 <= self.sampler.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.sampler.seed}")
+        if self.planned_split is not None:
+            object.__setattr__(self, "planned_split", normalise_split(self.planned_split))
         if self.sampler.time_limit_s is not None and not self.sampler.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 seconds or None, got {self.sampler.time_limit_s}")
 
@@ -113,3 +119,28 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def normalise_split(split) -> tuple[tuple[str, float], ...]:
+    """A planned traffic split as sorted ``(variant, share)`` pairs whose shares sum to 1.
+
+    ``split``: a mapping or pairs of variant -> weight; weights are any finite positive numbers
+    (``{"control": 9, "treatment": 1}`` is a 90/10 split). ValueError names what is wrong.
+    """
+    pairs = list(split.items()) if isinstance(split, Mapping) else [tuple(p) for p in split]
+    if not pairs:
+        raise ValueError("planned_split is empty: name the variants and their weights")
+    names = [str(variant) for variant, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"planned_split names a variant twice: {sorted(names)}")
+    weights = []
+    for variant, weight in pairs:
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"planned_split weight of {variant!r} is not a number: {weight!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"planned_split weight of {variant!r} must be a finite number > 0, got {weight!r}")
+        weights.append(value)
+    total = sum(weights)
+    return tuple(sorted((name, weight / total) for name, weight in zip(names, weights)))

@@ -9,6 +9,7 @@ reads the result tables), so a picture that cannot be drawn never loses a fit.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -75,11 +76,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     started = time.perf_counter()
     exp = prepare(data, control)
     users = exp.users_per_arm()
-    if config.planned_split is not None and len(config.planned_split) != exp.num_arms:
-        raise ValueError(
-            f"planned_split has {len(config.planned_split)} weights for {exp.num_arms} variants {exp.variants}"
-        )
-    srm = summaries.srm_p_value(users, config.planned_split)
+    srm, split_used = summaries.split_check(exp.variants, users, config.planned_split)
 
     try:
         posterior = sample(exp, config)
@@ -123,6 +120,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         "min_ess_tail": diag.min_ess_tail,
         "min_bfmi": diag.min_bfmi,
         "srm_p_value": srm,
+        "planned_split": json.dumps(split_used),
         "ppc_p_value": float(min(ppc_p)),
         "converged": not failures,
         "failure_reasons": "; ".join(failures) if failures else None,

@@ -18,8 +18,8 @@ NumPyro's default ``init_to_uniform`` does.
 
 Sampling can be bounded in time (``SamplerConfig.time_limit_s``) and cancelled from another thread
 (:func:`cancel_running`): both are checked between chunks, so a fit stops within
-one chunk. The group threads are daemon threads: even an XLA call that never
-returned could not keep the process from exiting.
+one chunk. The fit's caller waits by polling, so a time limit is kept even if
+an XLA call never returns; the other group threads then finish their current chunk.
 """
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def cancel_running() -> None:
     """Stop every fit sampling in this process now (within one chunk); later fits run as usual."""
     global _generation
     _generation += 1
+
+
 SUMMARY_SITES = ("beta0", "beta", "s")
 FIXED_EFFECT_SITES = ("beta", "log_mean0", "s")  # the sampled (unconstrained) fixed-effect sites
 

@@ -28,7 +28,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "diagnostics": {
         "method": S, "prior_preset": S, "num_chains": I, "num_warmup": I, "num_samples": I,
         "target_accept": F, "seed": I, "n_users": I, "n_cells": I, "divergences": I, "max_r_hat": F,
-        "min_ess_bulk": F, "min_ess_tail": F, "min_bfmi": F, "srm_p_value": F, "ppc_p_value": F,
+        "min_ess_bulk": F, "min_ess_tail": F, "min_bfmi": F, "srm_p_value": F, "planned_split": S, "ppc_p_value": F,
         "converged": B, "failure_reasons": S, "sampling_seconds": F, "total_seconds": F,
     },
     "predictive_check": {
@@ -120,6 +120,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "min_ess_tail": "Smallest tail ESS over parameters.",
         "min_bfmi": "Smallest per-chain Bayesian fraction of missing information (below 0.3 fails).",
         "srm_p_value": "Sample-ratio-mismatch chi-squared p-value against the planned split (below 0.001 fails).",
+        "planned_split": "The traffic split the sample-ratio check tested against, as JSON {variant: share} (raw.variants or --split; an equal split when none is declared).",
         "ppc_p_value": "Smallest per-arm posterior predictive p-value of the count histogram (reported, not gating).",
         "converged": "True when every gating check passed.",
         "failure_reasons": "The failed checks, NULL when none.",

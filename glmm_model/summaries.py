@@ -115,15 +115,39 @@ def sampler_diagnostics(stats: dict, summary_rows: list[dict], srm_p_value: floa
     )
 
 
-def srm_p_value(users_per_arm: np.ndarray, planned_split: tuple[float, ...] | None = None) -> float:
-    """Chi-squared test of the observed users per arm against the planned split (equal unless given)."""
+def srm_p_value(users_per_arm: np.ndarray, planned_split=None) -> float:
+    """Chi-squared test of the observed users per arm against the planned split (equal unless given).
+
+    ``planned_split``: one weight >= 0 per arm (normalised here). An arm planned at 0 that has
+    users contradicts the plan outright: p = 0.
+    """
     observed = np.asarray(users_per_arm, dtype=float)
     split = np.ones_like(observed) if planned_split is None else np.asarray(planned_split, dtype=float)
-    if split.shape != observed.shape or np.any(split <= 0):
-        raise ValueError(f"planned_split needs {observed.size} positive weights, got {planned_split}")
+    if split.shape != observed.shape or np.any(split < 0) or not split.sum() > 0:
+        raise ValueError(f"planned_split needs {observed.size} weights >= 0 with a positive sum, got {planned_split}")
     expected = observed.sum() * split / split.sum()
-    statistic = float(np.sum((observed - expected) ** 2 / expected))
-    return float(chdtrc(observed.size - 1, statistic))
+    if np.any((expected == 0) & (observed > 0)):
+        return 0.0
+    planned = expected > 0
+    if planned.sum() < 2:
+        return 1.0
+    statistic = float(np.sum((observed[planned] - expected[planned]) ** 2 / expected[planned]))
+    return float(chdtrc(planned.sum() - 1, statistic))
+
+
+def split_check(variants: tuple[str, ...], users_per_arm: np.ndarray, planned_split) -> tuple[float, dict[str, float]]:
+    """The sample-ratio p-value and the split it tested against (variant -> share).
+
+    Without a plan, an equal split over the observed variants. With one, over every variant
+    observed or planned: an observed variant the plan does not name is planned at 0 (p = 0),
+    and a planned variant nobody was exposed to counts 0 users.
+    """
+    if planned_split is None:
+        return srm_p_value(users_per_arm), {v: 1.0 / len(variants) for v in variants}
+    plan = dict(planned_split)
+    arms = list(variants) + sorted(set(plan) - set(variants))
+    observed = np.concatenate([np.asarray(users_per_arm, float), np.zeros(len(arms) - len(variants))])
+    return srm_p_value(observed, [plan.get(a, 0.0) for a in arms]), {a: plan.get(a, 0.0) for a in arms}
 
 
 def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: DecisionRules) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """The ``glmm-ab`` command line: one parser, commands imported only when they run.
 
-    glmm-ab fit INPUT --control NAME [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
+    glmm-ab fit INPUT --control NAME [--split A=0.9,B=0.1] [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
     glmm-ab demo [--warehouse PATH] [--force] [run options]
     glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [run options]
     glmm-ab backfill --from DATE --to DATE [--warehouse PATH] [run options]
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", required=True, help="name of the control variant")
     RunOptions.add_arguments(p, RunOptions.SAMPLING)
     p.add_argument("--ci-level", type=float, default=0.95)
+    p.add_argument("--split", default=None, metavar="VARIANT=WEIGHT,...",
+                   help="planned traffic split for the sample-ratio check, e.g. control=0.9,treatment=0.1 "
+                        "(weights normalised; default an equal split)")
     p.add_argument("--plots-dir", default=None, help="write trace, user_predictive and rate_density PNGs here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 

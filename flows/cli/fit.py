@@ -65,13 +65,34 @@ def print_result(result, plots: dict[str, str], out=sys.stdout) -> None:
         f"\nDiagnostics: {d['method']}, {d['num_chains']} chains x ({d['num_warmup']} warmup + {d['num_samples']} draws); "
         f"divergences {d['divergences']}, max R-hat {d['max_r_hat']:.3f}, min ESS bulk/tail "
         f"{d['min_ess_bulk']:.0f}/{d['min_ess_tail']:.0f}, BFMI {d['min_bfmi']:.2f}, "
-        f"SRM p {d['srm_p_value']:.3g}, PPC p {d['ppc_p_value']:.3g}; {d['total_seconds']:.1f} s",
+        f"SRM p {d['srm_p_value']:.3g} against the split {_split_text(d['planned_split'])}, "
+        f"PPC p {d['ppc_p_value']:.3g}; {d['total_seconds']:.1f} s",
         file=out,
     )
     for row in result.lift.iter_rows(named=True):
         print(f"{row['variant']}: {row['decision']} ({row['decision_reason']})", file=out)
     for name, path in plots.items():
         print(f"plot {name}: {path}", file=out)
+
+
+def _split_text(planned_split_json: str) -> str:
+    return "/".join(f"{variant} {share:.0%}" for variant, share in json.loads(planned_split_json).items())
+
+
+def parse_split(text: str | None) -> dict[str, str] | None:
+    """``control=0.9,treatment=0.1`` as {variant: weight}; the engine checks the weights."""
+    if text is None:
+        return None
+    split = {}
+    for part in text.split(","):
+        variant, sep, weight = part.rpartition("=")
+        if not sep or not variant.strip():
+            raise CliError(f"--split must read VARIANT=WEIGHT,VARIANT=WEIGHT (e.g. control=0.9,treatment=0.1); "
+                           f"got {part!r} in {text!r}")
+        if variant.strip() in split:
+            raise CliError(f"--split names {variant.strip()!r} twice: {text!r}")
+        split[variant.strip()] = weight.strip()
+    return split
 
 
 def cmd_fit(args) -> int:
@@ -87,8 +108,9 @@ def cmd_fit(args) -> int:
                 seed=args.seed, progress_bar=False if args.json else None,
             ),
             ci_level=args.ci_level,
+            planned_split=parse_split(args.split),
         )
-    except ValueError as exc:  # settings out of range (chains, draws, seed, interval level)
+    except ValueError as exc:  # settings out of range (chains, draws, seed, interval level, split)
         raise CliError(str(exc)) from exc
     configure()
     try:

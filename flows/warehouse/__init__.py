@@ -51,12 +51,14 @@ class PublishError(RuntimeError):
 @dataclass(frozen=True)
 class PairHistogram:
     """One experiment x metric as the engine reads it: ``histogram`` has
-    ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it)."""
+    ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it);
+    ``planned_split`` is the experiment's declared traffic split, if any."""
 
     experiment_id: str
     metric_id: str
     control_variant: str
     histogram: "pl.DataFrame"
+    planned_split: tuple[tuple[str, float], ...] | None = None  # raw.variants' (variant, weight); None: equal
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ RAW_DDL = {
     "events": "event_id VARCHAR, user_id VARCHAR, event_name VARCHAR, event_at TIMESTAMP",
 }
 
+# Optional raw tables: read when present (checked like the others), never created by glmm-ab.
+OPTIONAL_RAW_DDL = {
+    "variants": "experiment_id VARCHAR, variant VARCHAR, traffic_weight DOUBLE",
+}
+
 RUNS_DDL = (
     "run_id VARCHAR PRIMARY KEY, as_of TIMESTAMP NOT NULL, started_at TIMESTAMP NOT NULL, "
     "finished_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, package_version VARCHAR NOT NULL, "
@@ -177,9 +182,14 @@ _TEXT_TYPES = {"VARCHAR", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
 _TIME_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATE"}
 
 
+_NUMBER_TYPES = _TEXT_TYPES - {"VARCHAR"} | {"DOUBLE", "FLOAT", "REAL"}
+
+
 def _expected(ddl_type: str) -> tuple[set[str], str]:
     if ddl_type == "TIMESTAMP":
         return _TIME_TYPES, "TIMESTAMP (UTC) or TIMESTAMP WITH TIME ZONE"
+    if ddl_type == "DOUBLE":
+        return _NUMBER_TYPES, "a number type (DOUBLE, DECIMAL, INTEGER, ...)"
     return _TEXT_TYPES, "VARCHAR or a whole-number type"
 
 
@@ -194,10 +204,11 @@ def check_raw_contract(con) -> None:
     for table, column, data_type in have:
         columns.setdefault(table, {})[column] = data_type.upper()
     problems = []
-    for table, ddl in RAW_DDL.items():
+    for table, ddl in {**RAW_DDL, **OPTIONAL_RAW_DDL}.items():
         needed = dict(part.split(" ", 1) for part in ddl.split(", "))
         if table not in columns:
-            problems.append(f"raw.{table} is missing")
+            if table in RAW_DDL:
+                problems.append(f"raw.{table} is missing")
             continue
         missing = [c for c in needed if c not in columns[table]]
         if missing:
@@ -205,7 +216,7 @@ def check_raw_contract(con) -> None:
         for column, ddl_type in needed.items():
             found = columns[table].get(column)
             allowed, expected = _expected(ddl_type)
-            if found is not None and found not in allowed:
+            if found is not None and found not in allowed and not (ddl_type == "DOUBLE" and found.startswith("DECIMAL")):
                 hint = (": convert it where the logs land (glmm-ab does not guess the time zone of text timestamps)"
                         if ddl_type == "TIMESTAMP" and found == "VARCHAR" else "")
                 problems.append(f"raw.{table}.{column} is {found}; expected {expected}{hint}")
@@ -218,8 +229,10 @@ def create_result_tables(con) -> None:
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'runs')} ({RUNS_DDL})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_failures')} ({FIT_FAILURES_DDL})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'publications')} ({PUBLICATIONS_DDL})")
-    for table in SCHEMAS:
+    for table, columns in SCHEMAS.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, table)} ({result_table_ddl(table)})")
+        for column, dtype in columns.items():  # a column added since the table was made; earlier rows: NULL
+            con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, table)} ADD COLUMN IF NOT EXISTS {column} {_SQL_TYPES[dtype]}")
 
 
 def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
@@ -241,9 +254,15 @@ def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
         """
     rows = query(con, sql.format(histogram=name(con, "main", "fct_cv_count_histogram"),
                                  experiments=name(con, "main", "stg_experiments")))
+    planned: dict[str, list[tuple[str, float]]] = {}
+    for experiment_id, variant, weight in con.execute(
+            f"SELECT experiment_id, variant, traffic_weight FROM {name(con, 'main', 'stg_variants')} "
+            "ORDER BY experiment_id, variant").fetchall():
+        planned.setdefault(experiment_id, []).append((variant, weight))
     keys = ["experiment_id", "metric_id", "control_variant"]
     return [
-        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys))
+        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys),
+                      planned_split=tuple(planned[part["experiment_id"][0]]) if part["experiment_id"][0] in planned else None)
         for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True)
     ]
 
@@ -302,11 +321,14 @@ def record_failed_run(con, run: RunRecord, message: str) -> None:
 
 
 def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
-    """Replace the contents of raw tables with the given frames, in one transaction."""
-    unknown = sorted(set(tables) - set(RAW_DDL))
+    """Replace the contents of raw tables with the given frames, in one transaction (an optional
+    table, such as raw.variants, is created when given)."""
+    unknown = sorted(set(tables) - set(RAW_DDL) - set(OPTIONAL_RAW_DDL))
     if unknown:
         raise WarehouseError(f"unknown raw table(s) {unknown}")
     create_raw_tables(con)
+    for table in set(tables) & set(OPTIONAL_RAW_DDL):
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, 'raw', table)} ({OPTIONAL_RAW_DDL[table]})")
     with transaction(con):
         for table, frame in tables.items():
             con.execute(f"DELETE FROM {name(con, 'raw', table)}")
