@@ -157,3 +157,22 @@ def test_raw_variants_of_the_wrong_type_is_named_before_dbt_runs(tmp_path):
     con.execute("ALTER TABLE raw.variants ALTER traffic_weight TYPE DECIMAL(9, 3)")
     con.close()
     warehouse.check_raw_contract()  # any number type is fine
+
+
+def test_a_warehouse_from_before_the_split_column_gains_it_and_keeps_its_rows(tmp_path):
+    import duckdb
+
+    from flows.warehouse.duckdb_warehouse import _KEY_COLUMNS, _SQL_TYPES
+    from glmm_model.schema import SCHEMAS
+
+    path = tmp_path / "old.duckdb"
+    old_columns = {k: v for k, v in SCHEMAS["diagnostics"].items() if k != "planned_split"}
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA glmm")
+    con.execute(f"CREATE TABLE glmm.diagnostics ({_KEY_COLUMNS}, "
+                + ", ".join(f"{c} {_SQL_TYPES[t]}" for c, t in old_columns.items()) + ")")
+    con.execute("INSERT INTO glmm.diagnostics (run_id, experiment_id, metric_id, method) VALUES ('r0', 'e', 'm', 'collapsed')")
+    con.close()
+    open_warehouse(path).ensure_result_tables()
+    rows = sql(path, "SELECT run_id, method, planned_split FROM glmm.diagnostics")
+    assert rows.rows() == [("r0", "collapsed", None)]
