@@ -46,15 +46,20 @@ def pct(x: float) -> str:
     return f"{x:+.1%}"
 
 
-def show_lift(row: dict) -> None:
+def show_lift(row: dict, arms: int) -> None:
     st.subheader(f"{md(row['variant'])} vs {md(row['control_variant'])}")
     label, colour = DECISION_BADGES.get(row["decision"], (row["decision"], "gray"))
     st.badge(f"Decision: {label}", color=colour)
     a, b, c, d = st.columns(4)
-    a.metric("Relative lift", pct(row["relative_lift_mean"]),
-             help="Posterior mean of exp(beta) - 1, with its 95% credible interval below.")
+    # the median leads: at small n the mean of exp(beta) - 1 is pulled up by the right tail
+    a.metric("Relative lift", pct(row["relative_lift_median"]),
+             help="Posterior median of exp(beta) - 1, with its 95% credible interval below "
+                  f"(posterior mean {pct(row['relative_lift_mean'])}).")
     a.caption(f"95% interval {pct(row['relative_lift_low'])} to {pct(row['relative_lift_high'])}")
     b.metric("P(beat control)", f"{row['prob_beat_control']:.1%}")
+    if arms > 2:
+        b.caption(f"P(best of {arms} arms) {row['prob_best']:.1%}; expected loss vs the best "
+                  f"{row['expected_loss_vs_best']:.2%}")
     c.metric("Expected count per user", f"{row['expected_count_mean']:.3g}",
              delta=f"{row['expected_count_mean'] - row['expected_count_control_mean']:+.3g} vs control")
     d.metric("Users", f"{row['n_users']:,} / {row['n_users_control']:,}", help="treatment / control")
@@ -69,7 +74,8 @@ def show_diagnostics(row: dict) -> None:
         (f"ESS {row['min_ess_bulk']:.0f}", "green" if row["min_ess_bulk"] >= 400 else "orange"),
         (f"Divergences {row['divergences']}", "green" if row["divergences"] == 0 else "red"),
         (f"SRM p {row['srm_p_value']:.3f}", "green" if row["srm_p_value"] >= 0.001 else "red"),
-        (f"PPC p {row['ppc_p_value']:.2f}", "green" if row["ppc_p_value"] >= 0.01 else "orange"),
+        (f"PPC p {row['ppc_p_value_adjusted']:.2f} (adjusted)",
+         "green" if row["ppc_p_value_adjusted"] >= 0.01 else "orange"),
     ]
     cols = st.columns(len(checks))
     for col, (text, colour) in zip(cols, checks):
@@ -102,8 +108,12 @@ def main() -> None:
     st.header(f"{md(experiment)} · {md(metric)}")
     st.caption(f"Run `{first['run_id']}`, conversions counted up to {first['as_of']:%Y-%m-%d %H:%M}; "
                f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
+    arms = rows.height + 1
+    if arms > 2:
+        st.caption(f"Control {md(first['control_variant'])}: P(best of {arms} arms) {first['prob_best_control']:.1%}; "
+                   f"expected loss vs the best {first['expected_loss_vs_best_control']:.2%}")
     for row in rows.iter_rows(named=True):
-        show_lift(row)
+        show_lift(row, arms)
     st.markdown("**Diagnostics**")
     show_diagnostics(first)
 

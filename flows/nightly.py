@@ -190,12 +190,12 @@ def draw_pictures(results: dict[str, pl.DataFrame], folder: Path) -> dict[str, d
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(run_id: str, lift: pl.DataFrame, failures: pl.DataFrame, plots: dict[str, dict[str, str]]) -> None:
     lines = [f"# glmm-ab run `{run_id}`", "",
-             "| experiment | metric | variant | users | relative lift (95% CI) | P(beat control) | decision |",
+             "| experiment | metric | variant | users | relative lift, median (95% CI) | P(beat control) | decision |",
              "|---|---|---|---|---|---|---|"]
     for r in lift.iter_rows(named=True):
         lines.append(
             f"| {r['experiment_id']} | {r['metric_id']} | {r['variant']} vs {r['control_variant']} | "
-            f"{r['n_users']} / {r['n_users_control']} | {r['relative_lift_mean']:+.1%} "
+            f"{r['n_users']} / {r['n_users_control']} | {r['relative_lift_median']:+.1%} "
             f"({r['relative_lift_low']:+.1%}, {r['relative_lift_high']:+.1%}) | {r['prob_beat_control']:.3f} | "
             f"**{r['decision']}** |"
         )

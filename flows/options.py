@@ -36,6 +36,9 @@ class RunOptions:
     num_warmup: int = field(default=500, metadata=_flag("--warmup", type=int, help="warmup draws per chain (default 500)"))
     num_samples: int = field(default=2000, metadata=_flag("--samples", type=int, help="kept draws per chain (default 2000)"))
     seed: int = field(default=42, metadata=_flag("--seed", type=int, help="base seed; each pair derives its own (default 42)"))
+    refits: int = field(default=2, metadata=_flag(
+        "--refits", type=int, help="refits of a fit with divergent transitions, each with smaller steps and a longer "
+                                   "warmup (0-2, default 2)"))
     use_exposure: bool = field(default=False, metadata=_flag(
         "--exposure", action="store_true", help="use exposure days as a log offset (rates per day)"))
     fit_timeout: float = field(default=900.0, metadata=_flag(
@@ -50,7 +53,7 @@ class RunOptions:
     publish_results: bool = field(default=True, metadata=_flag(
         "--no-publish", action="store_false", help="do not publish the BI copy"))
 
-    SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed")
+    SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed", "refits")
     STATISTICAL = SAMPLING + ("use_exposure",)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class RunOptions:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.refits, int) or isinstance(self.refits, bool) or not 0 <= self.refits <= 2:
+            raise ValueError(f"refits must be 0, 1 or 2, got {self.refits!r}")
         if isinstance(self.fit_timeout, bool) or not isinstance(self.fit_timeout, (int, float)) or not self.fit_timeout >= 0:
             raise ValueError(f"fit_timeout must be a number of seconds >= 0 (0: no limit), got {self.fit_timeout!r}")
 
@@ -106,7 +111,8 @@ class RunOptions:
             priors=Priors.from_preset(self.priors),
             sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
                                   num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),
-                                  progress_bar=False, time_limit_s=self.fit_timeout or None),
+                                  progress_bar=False, time_limit_s=self.fit_timeout or None,
+                                  divergence_refits=SamplerConfig.divergence_refits[:self.refits]),
             planned_split=planned_split,
         )
 

@@ -63,6 +63,9 @@ class SamplerConfig:
     seed: int = 42
     progress_bar: bool | None = None  # None: on when stderr is a terminal
     time_limit_s: float | None = None  # sampling stops (FitTimeout) this long after its first, compiling, chunk
+    # On divergent transitions, fit again with each (target acceptance, warmup multiplier) in turn;
+    # () never refits. The last attempt's settings are the ones recorded.
+    divergence_refits: tuple[tuple[float, int], ...] = ((0.95, 2), (0.99, 4))
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from . import pictures, predictive, runtime, summaries
-from .config import FitConfig
+from .config import FitConfig, SamplerConfig
 from .data import ExperimentData, prepare
 from .sampling import FitTimeout, Posterior, sample
 from .schema import SCHEMAS, frame
@@ -60,6 +60,16 @@ class FitResult:
         return out.drop("n_users")
 
 
+def refit_settings(sampler: SamplerConfig) -> list[SamplerConfig]:
+    """The sampler settings to try in turn: as given, then each of ``sampler.divergence_refits``
+    ((target acceptance, warmup multiplier) pairs) that asks for smaller steps than the last."""
+    out = [sampler]
+    for target_accept, warmup_factor in sampler.divergence_refits:
+        if target_accept > out[-1].target_accept:
+            out.append(replace(sampler, target_accept=target_accept, num_warmup=sampler.num_warmup * warmup_factor))
+    return out
+
+
 def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     """Fit the GLMM to one experiment x metric.
 
@@ -78,16 +88,23 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     users = exp.users_per_arm()
     srm, split_used = summaries.split_check(exp.variants, users, config.planned_split)
 
-    try:
-        posterior = sample(exp, config)
-    except FitTimeout:
-        raise FitTimeout(f"sampling did not finish within its time limit of {config.sampler.time_limit_s:g} s ({exp.num_arms} variants, "
-                         f"{exp.n_cells} histogram cells, {config.sampler.num_chains} chains x "
-                         f"{config.sampler.num_warmup + config.sampler.num_samples} iterations); it was stopped") from None
-    beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
     level = config.ci_level
-    summary_rows = summaries.posterior_summary(posterior.draws, posterior.variants, level)
-    diag = summaries.sampler_diagnostics(posterior.stats, summary_rows, srm)
+    # Divergent transitions: refit as a careful analyst would, with a higher target acceptance
+    # (smaller steps) and a longer warmup, before any decision; only divergences that persist
+    # through the last attempt make the decision 'invalid'.
+    attempts = refit_settings(config.sampler)
+    for attempt, sampler in enumerate(attempts, 1):
+        try:
+            posterior = sample(exp, config.with_(sampler=sampler))
+        except FitTimeout:
+            raise FitTimeout(f"sampling did not finish within its time limit of {sampler.time_limit_s:g} s "
+                             f"({exp.num_arms} variants, {exp.n_cells} histogram cells, {sampler.num_chains} chains x "
+                             f"{sampler.num_warmup + sampler.num_samples} iterations); it was stopped") from None
+        summary_rows = summaries.posterior_summary(posterior.draws, posterior.variants, level)
+        diag = summaries.sampler_diagnostics(posterior.stats, summary_rows, srm, posterior.draws)
+        if diag.divergences <= config.decision.max_divergences:
+            break
+    beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
     failures = diag.failures(config.decision)
     observed_mean = exp.counts_per_arm() / users
     lift = summaries.lift_rows(
@@ -103,7 +120,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     user_rows = predictive.user_estimate_rows(exp, rates, level)
     picture_rng = np.random.default_rng(config.sampler.seed + 1)
 
-    sc = config.sampler
+    sc = sampler  # the settings of the run kept
     diagnostics_row = {
         "method": config.method,
         "prior_preset": config.priors.preset,
@@ -114,7 +131,9 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         "seed": sc.seed,
         "n_users": exp.n_users,
         "n_cells": exp.n_cells,
+        "fit_attempts": attempt,
         "divergences": diag.divergences,
+        "stuck_chains": diag.stuck_chains,
         "max_r_hat": diag.max_r_hat,
         "min_ess_bulk": diag.min_ess_bulk,
         "min_ess_tail": diag.min_ess_tail,
@@ -122,6 +141,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         "srm_p_value": srm,
         "planned_split": json.dumps(split_used),
         "ppc_p_value": float(min(ppc_p)),
+        "ppc_p_value_adjusted": float(min(1.0, min(ppc_p) * len(ppc_p))),
         "converged": not failures,
         "failure_reasons": "; ".join(failures) if failures else None,
         "sampling_seconds": posterior.seconds,

@@ -36,6 +36,9 @@ from . import quadrature as q
 from .model_inputs import CellTier, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
 
 
+S_MAX = 50.0  # sd of the per-user log-rate beyond which the density is 0 (see fixed_effects)
+
+
 def fixed_effects(prior: PriorArrays):
     """Sample beta0, beta (one per treatment arm) and s; return them with beta padded by the control's 0.
 
@@ -52,6 +55,12 @@ def fixed_effects(prior: PriorArrays):
     log_mean0 = numpyro.sample("log_mean0", beta0_prior)
     beta0 = numpyro.deterministic("beta0", log_mean0 - 0.5 * s**2)
     numpyro.factor("beta0_prior", beta0_prior.log_prob(beta0) - beta0_prior.log_prob(log_mean0))
+    # The support ends at s = S_MAX (the prior's mass beyond it is exp(-rate * 50), 2e-22 at rate 1:
+    # the model is unchanged for any real population). Without the bound, a long early warmup step
+    # could land at s ~ 1e9, where beta0 = log_mean0 - s^2/2 loses every digit and the density came
+    # out -inf in energy; NUTS accepted that as a free move and the chain never moved again.
+    inside = (s <= S_MAX) & jnp.isfinite(beta0) & jnp.isfinite(log_mean0)
+    numpyro.factor("support", jnp.where(inside, 0.0, -jnp.inf))
     with numpyro.plate("treatments", prior.beta_scale.shape[0]):
         beta = numpyro.sample("beta", dist.Normal(0.0, prior.beta_scale))
     beta_full = jnp.concatenate([jnp.zeros(1, beta.dtype), beta])
@@ -84,6 +93,20 @@ class PoissonLogNormal(dist.Distribution):
         return q.log_marginal_rule(value, self.loc, self.scale, self.x, self.log_wx)
 
 
+def cell_log_likelihood(log_p, weight):
+    """``weight * log_p``, safe at the edges of the parameter space.
+
+    A probability's log is <= 0. Far out (s in the millions, beta0 near -1e17, where an early
+    warmup step can land), the quadrature can return +inf or NaN; NUTS took such a point's
+    potential of -inf as a free move, accepted it, and the chain never moved again (a stuck
+    chain at s = 7e8 on a 20-user experiment). A non-finite value is a numerical failure, not
+    evidence: it counts as impossible (-inf), so the step is rejected. Padding cells
+    (weight 0) contribute exactly 0.
+    """
+    log_p = jnp.where(jnp.isfinite(log_p), jnp.minimum(log_p, 0.0), -jnp.inf)
+    return jnp.where(weight > 0, weight * log_p, 0.0)
+
+
 def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=None):
     """Collapsed GLMM over histogram cells; ``cv_count=None`` draws one user's count per cell.
 
@@ -100,7 +123,7 @@ def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=No
             if obs is None:
                 numpyro.sample(f"cv_count_{t}", d)
             else:
-                numpyro.factor(f"cv_count_{t}", tier.weight * d.log_prob(obs))
+                numpyro.factor(f"cv_count_{t}", cell_log_likelihood(d.log_prob(obs), tier.weight))
 
 
 def latent_model(arm, log_exposure, prior: PriorArrays, cv_count=None):

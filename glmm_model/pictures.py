@@ -75,6 +75,9 @@ def _count_bins(y: np.ndarray, max_bins: int) -> np.ndarray:
     return np.arange(low, high + width + 1, width)
 
 
+MAX_PICTURE_RATE = 1e15
+
+
 def user_predictive_rows(data: ExperimentData, rates: RateSamples, rng: np.random.Generator,
                          n_users: int = SAMPLE_USERS, draws: int = PREDICTIVE_DRAWS,
                          max_bins: int = PREDICTIVE_MAX_BINS) -> list[dict]:
@@ -82,7 +85,8 @@ def user_predictive_rows(data: ExperimentData, rates: RateSamples, rng: np.rando
     cells, labels = sample_users(data, n_users)
     rows = []
     for k, (cell, label) in enumerate(zip(cells, labels)):
-        y_rep = rng.poisson(rates.resample(int(cell), draws, rng))
+        # numpy's Poisson refuses rates above ~1e19: a rate that large is a count no picture can show
+        y_rep = rng.poisson(np.minimum(rates.resample(int(cell), draws, rng), MAX_PICTURE_RATE))
         edges = _count_bins(y_rep, max_bins)
         counts, _ = np.histogram(y_rep, bins=edges)
         for j, n in enumerate(counts):

@@ -82,10 +82,13 @@ class Diagnostics:
     min_bfmi: float
     srm_p_value: float
     num_chains: int = 4
+    stuck_chains: int = 0
 
     def failures(self, rules: DecisionRules) -> list[str]:
         """Human-readable reasons the posterior cannot be trusted (empty when healthy)."""
         out = []
+        if self.stuck_chains:
+            out.append(f"{self.stuck_chains} chain(s) did not move (stuck where warmup left them)")
         if self.divergences > rules.max_divergences:
             out.append(f"{self.divergences} divergent transitions")
         if not self.max_r_hat <= rules.max_r_hat:
@@ -100,8 +103,20 @@ class Diagnostics:
         return out
 
 
-def sampler_diagnostics(stats: dict, summary_rows: list[dict], srm_p_value: float) -> Diagnostics:
-    """``stats``: sampler statistics (chain, draw): ``diverging`` and ``energy``."""
+def stuck_chains(draws: dict) -> int:
+    """Chains whose kept draws never changed (every parameter constant) or hold non-finite values."""
+    stuck = np.zeros(next(iter(draws.values())).shape[0], bool)
+    moved = np.zeros_like(stuck)
+    for values in draws.values():
+        flat = np.asarray(values, float).reshape(values.shape[0], values.shape[1], -1)
+        stuck |= ~np.isfinite(flat).all(axis=(1, 2))
+        moved |= (np.ptp(flat, axis=1) > 0).any(axis=1)
+    return int((stuck | ~moved).sum()) if flat.shape[1] > 1 else int(stuck.sum())
+
+
+def sampler_diagnostics(stats: dict, summary_rows: list[dict], srm_p_value: float, draws: dict | None = None) -> Diagnostics:
+    """``stats``: sampler statistics (chain, draw): ``diverging`` and ``energy``; ``draws`` (chain, draw, ...)
+    name the chains that did not move."""
     energy = np.asarray(stats["energy"])
     bfmi = diagnostics.bfmi(energy) if energy.shape[1] > 1 else np.array([np.nan])
     return Diagnostics(
@@ -112,6 +127,7 @@ def sampler_diagnostics(stats: dict, summary_rows: list[dict], srm_p_value: floa
         min_bfmi=float(np.nanmin(bfmi)) if np.isfinite(bfmi).any() else float("nan"),
         srm_p_value=srm_p_value,
         num_chains=int(energy.shape[0]),
+        stuck_chains=stuck_chains(draws) if draws else 0,
     )
 
 
@@ -163,6 +179,20 @@ def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: De
     return "inconclusive", f"P(beat control) {prob_beat:.3f} between thresholds"
 
 
+def best_arm(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P(best) and the expected loss against the best, per arm (control first), from the joint draws.
+
+    Arm k's mean is the control's times ``exp(beta_k)`` (the control's ratio is 1), so over
+    draws: P(best_k) = P(ratio_k is the largest) and the expected loss of choosing k is
+    E[max_j ratio_j - ratio_k], in units of the control's mean (the relative lift given up). With
+    one treatment they are P(beat control) and the expected loss of shipping (or of keeping).
+    """
+    ratios = np.concatenate([np.ones((beta.shape[0], 1)), np.exp(beta)], axis=1)
+    best = ratios.max(axis=1, keepdims=True)
+    prob_best = np.bincount(ratios.argmax(axis=1), minlength=ratios.shape[1]) / ratios.shape[0]
+    return prob_best, (best - ratios).mean(axis=0)
+
+
 def lift_rows(
     beta0: np.ndarray,
     beta: np.ndarray,
@@ -179,6 +209,7 @@ def lift_rows(
     log_base = beta0 + 0.5 * s**2
     expected_control = np.exp(log_base)
     ec_low, ec_high = interval(expected_control, level)
+    prob_best, loss_vs_best = best_arm(beta)
     rows = []
     for j, variant in enumerate(variants[1:]):
         expected = np.exp(log_base + beta[:, j])
@@ -215,6 +246,10 @@ def lift_rows(
                 "expected_loss_ship": float(np.mean(np.maximum(0.0, -lift))),
                 "expected_loss_keep": float(np.mean(np.maximum(0.0, lift))),
                 "prob_in_rope": prob_in_rope,
+                "prob_best": float(prob_best[j + 1]),
+                "expected_loss_vs_best": float(loss_vs_best[j + 1]),
+                "prob_best_control": float(prob_best[0]),
+                "expected_loss_vs_best_control": float(loss_vs_best[0]),
                 "decision": decision,
                 "decision_reason": reason,
             }

@@ -43,7 +43,7 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     assert at.header[0].value == "checkout_button · add_to_cart"
     row = latest_row(bi, "checkout_button", "add_to_cart", "treatment")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Relative lift"] == f"{row['relative_lift_mean']:+.1%}"
+    assert metrics["Relative lift"] == f"{row['relative_lift_median']:+.1%}"  # the median leads
     assert metrics["P(beat control)"] == f"{row['prob_beat_control']:.1%}"
     badges = [m for m in at.markdown.values if "-badge[" in m]
     decision = {"ship": "Ship", "keep_control": "Keep control", "inconclusive": "Inconclusive", "invalid": "Invalid"}
@@ -62,6 +62,12 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     assert not at.exception
     assert at.header[0].value == "onboarding_flow · purchases"
     assert [s.value for s in at.subheader][:2] == ["short_form vs control", "video_intro vs control"]
+    # three arms: P(best) of each arm, read from the same row the report holds
+    best = {v: latest_row(bi, "onboarding_flow", "purchases", v) for v in ("short_form", "video_intro")}
+    captions = " ".join(c.value for c in at.caption)
+    assert f"P(best of 3 arms) {best['short_form']['prob_best_control']:.1%}" in captions  # the control's
+    for row in best.values():
+        assert f"P(best of 3 arms) {row['prob_best']:.1%}" in captions
 
 
 def test_ids_from_raw_data_are_shown_as_text_not_rendered_as_markdown(demo_run, monkeypatch, tmp_path):
@@ -150,7 +156,7 @@ def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, c
             assert rendered() == old_run
             row = latest_row(bi_copy, "checkout_button", "add_to_cart", "treatment")
             values = page.locator("[data-testid='stMetricValue']").all_inner_texts()
-            assert values[:2] == [f"{row['relative_lift_mean']:+.1%}", f"{row['prob_beat_control']:.1%}"]
+            assert values[:2] == [f"{row['relative_lift_median']:+.1%}", f"{row['prob_beat_control']:.1%}"]
             for heading in ("Chance to win over time", "Estimated rate by arm", "Trace plot", "Per-user predictive", "Health"):
                 assert page.get_by_role("heading", name=heading).count() == 1, heading
 

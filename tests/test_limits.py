@@ -22,7 +22,8 @@ WIDE_FIT = textwrap.dedent("""
     data = pl.DataFrame(rows, orient="row", schema=["variant", "cv_count"])
     # 4 chains: two groups sampling at once, as the nightly job does. Shallow trees keep the test short;
     # the hang came on the first chunk of draws whatever the depth.
-    sampler = SamplerConfig(num_chains=4, num_warmup=20, num_samples=20, max_tree_depth=4, progress_bar=False)
+    sampler = SamplerConfig(num_chains=4, num_warmup=20, num_samples=20, max_tree_depth=4, progress_bar=False,
+                            divergence_refits=())
     result = fit(data, "v000", FitConfig(sampler=sampler))
     print("lift rows", result.lift.height)
 """)

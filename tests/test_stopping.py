@@ -46,12 +46,12 @@ def run(path, *args, timeout=900):
 def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_its_limit(tmp_path):
     path = wide_warehouse(tmp_path / "wide.duckdb")
     # 4 chains: two chain groups at once, which used to hang the night at 0% CPU
-    done = run(path, "--chains", "4", "--warmup", "20", "--samples", "20")
+    done = run(path, "--chains", "4", "--warmup", "20", "--samples", "20", "--refits", "0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lift = sql(path, "SELECT experiment_id, count(*) AS n FROM glmm.lift GROUP BY ALL ORDER BY ALL")
     assert lift.rows() == [("ab", 1), ("wide", 69)]
 
-    limited = run(path, "--chains", "4", "--warmup", "100", "--samples", "100", "--fit-timeout", "5")
+    limited = run(path, "--chains", "4", "--warmup", "100", "--samples", "100", "--fit-timeout", "5", "--refits", "0")
     assert limited.returncode == 3, limited.stdout[-3000:] + limited.stderr[-3000:]  # some pairs not fitted
     newest = sql(path, "SELECT run_id, status FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
     assert newest["status"] == "succeeded"

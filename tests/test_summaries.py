@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from glmm_model.config import DecisionRules
-from glmm_model.summaries import Diagnostics, decide, lift_rows, srm_p_value
+from glmm_model.summaries import Diagnostics, best_arm, decide, lift_rows, srm_p_value
 
 # Four posterior draws, chosen so every number below can be worked out by hand.
 BETA0 = np.full(4, math.log(2.0))  # control mean exp(beta0 + s²/2) = 2 with s = 0
@@ -80,3 +80,25 @@ def test_srm_against_equal_and_planned_split():
     observed, split = np.array([310, 395, 295]), (0.3, 0.4, 0.3)
     expected = observed.sum() * np.array(split)
     assert srm_p_value(observed, split) == pytest.approx(stats.chisquare(observed, expected).pvalue, rel=1e-12)
+
+
+def test_prob_best_and_expected_loss_against_the_best_golden_values():
+    """Three arms, four joint draws. Ratios to the control, exp(beta):
+    draw 0: 1, 1.1052, 0.8187 -> B best;  draw 1: 1, 0.9048, 1.3499 -> C best;
+    draw 2: 1, 1.2214, 1.1052 -> B best;  draw 3: 1, 0.7408, 0.9048 -> control best."""
+    beta = np.array([[0.1, -0.2], [-0.1, 0.3], [0.2, 0.1], [-0.3, -0.1]])
+    prob_best, loss = best_arm(beta)
+    assert prob_best.tolist() == [0.25, 0.5, 0.25]
+    # E[max ratio - ratio_k]: (0.1052 + 0.3499 + 0.2214 + 0) / 4 for the control, and so on
+    assert loss == pytest.approx([0.1691081, 0.1760508, 0.1244586], abs=1e-6)
+    (b, c) = lift_rows(np.zeros(4), beta, np.zeros(4), ("A", "B", "C"), np.array([10, 10, 10]), np.ones(3), 0.5,
+                       DecisionRules(), [])
+    assert (b["prob_best"], c["prob_best"], b["prob_best_control"]) == (0.5, 0.25, 0.25)
+    assert b["expected_loss_vs_best_control"] == c["expected_loss_vs_best_control"] == pytest.approx(0.1691081, abs=1e-6)
+
+
+def test_with_one_treatment_best_arm_is_beat_control_and_loss_is_the_shipping_loss():
+    (r,) = rows()
+    assert r["prob_best"] == r["prob_beat_control"] and r["prob_best_control"] == 1 - r["prob_beat_control"]
+    assert r["expected_loss_vs_best"] == pytest.approx(r["expected_loss_ship"])
+    assert r["expected_loss_vs_best_control"] == pytest.approx(r["expected_loss_keep"])

@@ -19,8 +19,8 @@ from . import CliError
 
 LIFT_COLUMNS = [
     "variant", "n_users", "observed_mean", "expected_count_mean",
-    "relative_lift_mean", "relative_lift_low", "relative_lift_high",
-    "prob_beat_control", "expected_loss_ship", "prob_in_rope", "decision",
+    "relative_lift_median", "relative_lift_low", "relative_lift_high",
+    "prob_beat_control", "prob_best", "expected_loss_ship", "prob_in_rope", "decision",
 ]
 
 
@@ -99,6 +99,8 @@ def cmd_fit(args) -> int:
     from glmm_model import FitConfig, InputError, Priors, SamplerConfig, configure, fit
 
     data = read_table(args.input)
+    if not 0 <= args.refits <= 2:
+        raise CliError(f"refits must be 0, 1 or 2, got {args.refits}")
     try:
         config = FitConfig(
             method=args.method,
@@ -106,6 +108,7 @@ def cmd_fit(args) -> int:
             sampler=SamplerConfig(
                 num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                 seed=args.seed, progress_bar=False if args.json else None,
+                divergence_refits=SamplerConfig.divergence_refits[:args.refits],
             ),
             ci_level=args.ci_level,
             planned_split=parse_split(args.split),

@@ -42,13 +42,13 @@ def parse_as_of(text: str | None) -> datetime | None:
 
 def print_lift(report, out=sys.stdout) -> None:
     print(f"\nRun {report.run_id} ({report.status}) as of {report.as_of:%Y-%m-%d %H:%M}", file=out)
-    header = f"{'experiment':<18} {'metric':<12} {'variant (vs control)':<28} {'users':>11}  {'relative lift [95% CI]':<26} {'P(beat)':>7}  decision"
+    header = f"{'experiment':<18} {'metric':<12} {'variant (vs control)':<28} {'users':>11}  {'lift, median [95% CI]':<26} {'P(beat)':>7}  decision"
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in report.lift.iter_rows(named=True):
         arms = f"{r['variant']} (vs {r['control_variant']})"
         users = f"{r['n_users']}/{r['n_users_control']}"
-        lift = f"{r['relative_lift_mean']:+6.1%} [{r['relative_lift_low']:+6.1%}, {r['relative_lift_high']:+6.1%}]"
+        lift = f"{r['relative_lift_median']:+6.1%} [{r['relative_lift_low']:+6.1%}, {r['relative_lift_high']:+6.1%}]"
         print(f"{r['experiment_id']:<18} {r['metric_id']:<12} {arms:<28} {users:>11}  {lift:<26} {r['prob_beat_control']:>7.3f}  {r['decision']}", file=out)
     for r in report.failures.iter_rows(named=True):
         print(f"not fitted: {r['experiment_id']} x {r['metric_id']}: {r['error']}", file=out)

@@ -157,6 +157,8 @@ joined as (
         diagnostics.min_bfmi,
         diagnostics.srm_p_value,
         diagnostics.ppc_p_value,
+        -- runs from before the adjusted value was recorded: the raw one
+        coalesce(diagnostics.ppc_p_value_adjusted, diagnostics.ppc_p_value) as ppc_p_value_adjusted,
         coalesce(conflicts_per_experiment.n_assignment_conflicts, 0) as n_assignment_conflicts,
         coalesce(issues_per_experiment.n_data_issues, 0) as n_data_issues,
         issues_per_experiment.data_issues,
@@ -192,7 +194,7 @@ final as (
               or n_near_miss_events > 0
               or last_event_at is null
               or hours_since_last_event > {{ var('freshness_warn_hours') }}
-              or ppc_p_value < {{ var('ppc_warn_p_value') }} then 'warning'
+              or ppc_p_value_adjusted < {{ var('ppc_warn_p_value') }} then 'warning'
             else 'ok'
         end as health_status,
         nullif(concat_ws('; ',
@@ -207,7 +209,8 @@ final as (
             case when last_event_at is null then 'no events of this metric at all' end,
             case when hours_since_last_event > {{ var('freshness_warn_hours') }}
                  then 'no new events for ' || cast(round(hours_since_last_event) as {{ dbt.type_string() }}) || ' h before the run' end,
-            case when ppc_p_value < {{ var('ppc_warn_p_value') }} then 'the model misfits the count histogram' end
+            case when ppc_p_value_adjusted < {{ var('ppc_warn_p_value') }}
+                 then 'the model misfits the count histogram (predictive check, adjusted for the number of arms)' end
         ), '') as health_reasons
     from joined
 

@@ -68,6 +68,10 @@ final as (
         latest.expected_loss_ship,
         latest.expected_loss_keep,
         latest.prob_in_rope,
+        latest.prob_best,
+        latest.expected_loss_vs_best,
+        latest.prob_best_control,
+        latest.expected_loss_vs_best_control,
         latest.decision,
         latest.decision_reason,
         diagnostics.converged,
@@ -75,7 +79,9 @@ final as (
         diagnostics.max_r_hat,
         diagnostics.min_ess_bulk,
         diagnostics.srm_p_value,
-        diagnostics.ppc_p_value
+        diagnostics.ppc_p_value,
+        diagnostics.ppc_p_value_adjusted,
+        diagnostics.planned_split
     from ranked as latest
     left join experiments on experiments.experiment_id = latest.experiment_id
     left join diagnostics

@@ -49,6 +49,10 @@ joined as (
         lift.expected_loss_ship,
         lift.expected_loss_keep,
         lift.prob_in_rope,
+        lift.prob_best,
+        lift.expected_loss_vs_best,
+        lift.prob_best_control,
+        lift.expected_loss_vs_best_control,
         lift.decision,
         lift.decision_reason
     from lift
