@@ -108,7 +108,8 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     failures = diag.failures(config.decision)
     observed_mean = exp.counts_per_arm() / users
     lift = summaries.lift_rows(
-        beta0, beta, s, exp.variants, users, observed_mean, level, config.decision, failures
+        beta0, beta, s, exp.variants, users, observed_mean, level, config.decision, failures,
+        observed_rate=exp.counts_per_arm() / exp.exposure_per_arm(),
     )
 
     rng = np.random.default_rng(config.sampler.seed)

@@ -203,8 +203,11 @@ def lift_rows(
     level: float,
     rules: DecisionRules,
     failures: list[str],
+    observed_rate: np.ndarray | None = None,
 ) -> list[dict]:
-    """One row per treatment arm against the control (arm 0). ``beta`` is (draws, treatments)."""
+    """One row per treatment arm against the control (arm 0). ``beta`` is (draws, treatments).
+    ``observed_rate``: counts per unit of exposure per arm (``observed_mean`` when none is used)."""
+    observed_rate = observed_mean if observed_rate is None else observed_rate
     beta = np.asarray(beta).reshape(len(beta0), -1)
     log_base = beta0 + 0.5 * s**2
     expected_control = np.exp(log_base)
@@ -229,6 +232,8 @@ def lift_rows(
                 "n_users_control": int(users_per_arm[0]),
                 "observed_mean": float(observed_mean[j + 1]),
                 "observed_mean_control": float(observed_mean[0]),
+                "observed_rate": float(observed_rate[j + 1]),
+                "observed_rate_control": float(observed_rate[0]),
                 "expected_count_mean": float(expected.mean()),
                 "expected_count_low": float(e_low),
                 "expected_count_high": float(e_high),

@@ -50,6 +50,13 @@ def test_parameter_recovery_with_exposure_offsets(small_config):
     assert_recovered(result, truth)
     # ignoring exposure would inflate s: users differ by exposure, not just by taste
     assert result.posterior_summary.filter(pl.col("parameter") == "s")["mean"][0] < 0.55
+    # one unit beside the expected rates: counts per unit of exposure, not per user
+    lift = result.lift.row(0, named=True)
+    arm = data.filter(pl.col("variant") == lift["variant"])
+    assert lift["observed_rate"] == pytest.approx(arm["cv_count"].sum() / arm["exposure"].sum())
+    assert lift["observed_mean"] == pytest.approx(arm["cv_count"].mean())
+    assert lift["observed_rate"] != pytest.approx(lift["observed_mean"], rel=0.05)  # exposures are not all 1
+    assert lift["expected_count_low"] < lift["observed_rate"] < lift["expected_count_high"]
 
 
 def test_outputs_follow_the_schema_and_are_consistent(article_data, small_config, tmp_path):

@@ -28,6 +28,7 @@ def test_lift_golden_values():
     assert r["expected_loss_keep"] == pytest.approx((0.0512711 + 0.2214028 + 0.4918247) / 4, abs=1e-6)
     assert r["prob_in_rope"] == 0.25  # only 0.0513 lies within ±0.06
     assert r["expected_count_control_mean"] == pytest.approx(2.0)
+    assert (r["observed_rate"], r["observed_rate_control"]) == (2.3, 1.9)  # no exposure: per user
     assert r["absolute_lift_mean"] == pytest.approx(2.0 * 0.16733400, abs=1e-6)
     # 50% equal-tailed interval = 25% and 75% quantiles (numpy's linear interpolation)
     assert r["relative_lift_low"] == pytest.approx(-0.0951626 + 0.75 * (0.0512711 + 0.0951626), abs=1e-6)

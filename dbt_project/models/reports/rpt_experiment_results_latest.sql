@@ -51,6 +51,8 @@ final as (
         latest.n_users_control,
         latest.observed_mean,
         latest.observed_mean_control,
+        latest.observed_rate,
+        latest.observed_rate_control,
         latest.expected_count_mean,
         latest.expected_count_low,
         latest.expected_count_high,

@@ -32,6 +32,8 @@ joined as (
         lift.n_users_control,
         lift.observed_mean,
         lift.observed_mean_control,
+        lift.observed_rate,
+        lift.observed_rate_control,
         lift.expected_count_mean,
         lift.expected_count_low,
         lift.expected_count_high,
