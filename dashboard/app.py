@@ -57,7 +57,7 @@ def show_lift(row: dict, arms: int) -> None:
                   f"(posterior mean {pct(row['relative_lift_mean'])}).")
     a.caption(f"95% interval {pct(row['relative_lift_low'])} to {pct(row['relative_lift_high'])}")
     b.metric("P(beat control)", f"{row['prob_beat_control']:.1%}")
-    if arms > 2:
+    if arms > 2 and row["prob_best"] is not None:  # None: a run from before P(best) was recorded
         b.caption(f"P(best of {arms} arms) {row['prob_best']:.1%}; expected loss vs the best "
                   f"{row['expected_loss_vs_best']:.2%}")
     c.metric("Expected count per user", f"{row['expected_count_mean']:.3g}",
@@ -109,7 +109,7 @@ def main() -> None:
     st.caption(f"Run `{first['run_id']}`, conversions counted up to {first['as_of']:%Y-%m-%d %H:%M}; "
                f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
     arms = rows.height + 1
-    if arms > 2:
+    if arms > 2 and first["prob_best_control"] is not None:
         st.caption(f"Control {md(first['control_variant'])}: P(best of {arms} arms) {first['prob_best_control']:.1%}; "
                    f"expected loss vs the best {first['expected_loss_vs_best_control']:.2%}")
     for row in rows.iter_rows(named=True):

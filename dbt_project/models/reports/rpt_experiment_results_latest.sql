@@ -82,7 +82,8 @@ final as (
         diagnostics.min_ess_bulk,
         diagnostics.srm_p_value,
         diagnostics.ppc_p_value,
-        diagnostics.ppc_p_value_adjusted,
+        -- runs from before the adjusted value was recorded: the raw one
+        coalesce(diagnostics.ppc_p_value_adjusted, diagnostics.ppc_p_value) as ppc_p_value_adjusted,
         diagnostics.planned_split
     from ranked as latest
     left join experiments on experiments.experiment_id = latest.experiment_id
