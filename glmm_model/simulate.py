@@ -10,16 +10,24 @@ import numpy as np
 import polars as pl
 
 
-def from_model(n_users: int, mean: float, betas, s: float, seed: int, exposure: bool = False, split=None):
+def from_model(n_users: int, mean: float, betas, s: float, seed: int, exposure: bool = False, split=None,
+               sizes=None):
     """Users of ``len(betas)`` arms named v0 (control), v1, ...; returns (frame, true parameters).
 
+    Users are assigned at random with probabilities ``split`` (default equal), or, with
+    ``sizes`` (users per arm, summing to ``n_users``), exactly that many to each arm.
     ``mean`` is the control's expected count per user, ``exp(beta0 + s²/2)``;
     ``betas`` starts with the control's 0. With ``exposure``, users get exposures
     uniform in [0.5, 3] (one decimal), entering as a log offset.
     """
     rng = np.random.default_rng(seed)
     betas = np.asarray(betas, dtype=float)
-    arm = rng.choice(len(betas), size=n_users, p=split)
+    if sizes is not None:
+        if len(sizes) != len(betas) or sum(sizes) != n_users:
+            raise ValueError(f"sizes {sizes} must give one count per arm summing to {n_users}")
+        arm = np.repeat(np.arange(len(betas)), sizes)
+    else:
+        arm = rng.choice(len(betas), size=n_users, p=split)
     beta0 = float(np.log(mean) - s**2 / 2)
     expo = rng.uniform(0.5, 3.0, n_users).round(1) if exposure else np.ones(n_users)
     eta = beta0 + betas[arm] + np.log(expo) + rng.normal(0.0, s, n_users)
