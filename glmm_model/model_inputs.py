@@ -53,9 +53,18 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
     )
 
 
-def _padded_size(n: int) -> int:
-    """Smallest size >= n of the form 2^k or 3 * 2^k: few distinct shapes, at most 1.5x padding."""
-    n = max(int(n), 1)
+# Every tier but the first (counts 0-2, by far the most quadrature nodes) holds at least this many
+# cells. Small experiments have a handful of cells in the higher tiers (0, 1, 2, 3 ...), each mix
+# a new program shape and so a new compilation (~10 s); with the floor every 2-arm experiment of
+# 10 users per arm shares one shape, at ~10% more work per gradient on the smallest experiments
+# and nothing on larger ones.
+MIN_TIER_CELLS = 8
+
+
+def _padded_size(n: int, floor: int = 1) -> int:
+    """Smallest size >= max(n, floor) of the form 2^k or 3 * 2^k: few distinct shapes, at most
+    1.5x padding above the floor."""
+    n = max(int(n), floor, 1)
     power = 1 << (n - 1).bit_length()
     three = 3 * power // 4
     return three if three >= n else power
@@ -64,9 +73,9 @@ def _padded_size(n: int) -> int:
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
     """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
     tiers = []
-    for mask, n_nodes in q.tier_masks(data.cell_count):
+    for t, (mask, n_nodes) in enumerate(q.tier_masks(data.cell_count)):
         n = int(mask.sum())
-        size = _padded_size(n)
+        size = _padded_size(n, MIN_TIER_CELLS if t else 1)
         pad = size - n
 
         def padded(values, fill, dtype):
