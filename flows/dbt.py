@@ -6,15 +6,25 @@ The project and profile are the ones the package carries (:mod:`.resources`);
 the warehouse names the profile's target and the environment that points it at
 itself. dbt's target and log folders go to a temporary folder, so an installed,
 read-only package works. Results are read from ``run_results.json``.
+
+dbt's parse state (``partial_parse.msgpack``) is kept between invocations in
+``$GLMM_AB_DBT_STATE`` (default ``~/.cache/glmm-ab/dbt``), one file per project, dbt
+version, target and connection: each call starts from the last one's state and
+dbt re-parses only what changed (it checks itself, and parses everything when
+the project, profile or vars differ). The run's as-of goes to dbt in the
+environment (``GLMM_AB_AS_OF``), not in ``--vars``, which would change every
+night and force a full parse.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,27 +53,59 @@ def dbt_executable() -> str:
     return str(local) if local.exists() else (shutil.which("dbt") or "dbt")
 
 
+PARSE_STATE = "partial_parse.msgpack"
+
+
+def parse_state_path(project_dir: Path, warehouse: Warehouse) -> Path:
+    """Where dbt's parse state for this project, dbt version, target and warehouse is kept."""
+    key = json.dumps([str(project_dir.resolve()), version("dbt-core"), warehouse.dbt_target,
+                      sorted(warehouse.dbt_env().items())])
+    folder = Path(os.environ.get("GLMM_AB_DBT_STATE") or os.path.expanduser("~/.cache/glmm-ab/dbt"))
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.msgpack"
+
+
+def _keep_parse_state(produced: Path, kept: Path) -> None:
+    """Replace the kept state with the one dbt just wrote, atomically (runs may overlap); a cache
+    that cannot be written (a read-only home) costs only the next parse."""
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=kept.parent, prefix=kept.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            out.write(produced.read_bytes())
+        os.replace(tmp, kept)
+    except OSError:
+        pass
+
+
 def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_of: str | None = None,
             extra: list[str] | None = None) -> DbtResult:
     """Run ``dbt <command>`` against ``warehouse``; raise DbtError naming what failed."""
     project_dir = dbt_project_dir()
+    kept_state = parse_state_path(project_dir, warehouse)
     with tempfile.TemporaryDirectory(prefix="glmm-ab-dbt-") as tmp:
+        target = Path(tmp) / "target"
+        target.mkdir()
+        if kept_state.is_file():
+            shutil.copyfile(kept_state, target / PARSE_STATE)
         args = [dbt_executable(), command, "--project-dir", str(project_dir), "--profiles-dir", str(dbt_profiles_dir()),
                 "--target", warehouse.dbt_target,
-                "--target-path", str(Path(tmp) / "target"), "--log-path", str(Path(tmp) / "logs")]
+                "--target-path", str(target), "--log-path", str(Path(tmp) / "logs")]
         if selector:
             args += ["--select", selector]
-        if as_of:
-            args += ["--vars", json.dumps({"as_of": as_of})]
         args += extra or []
         env = {**os.environ, **warehouse.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        env.pop("GLMM_AB_AS_OF", None)
+        if as_of:
+            env["GLMM_AB_AS_OF"] = as_of
         # a stop (SIGTERM) terminates it: dbt then ends its open transaction and exits
         with stopping.child_process(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                      env=env, cwd=tmp)) as proc:
             stdout, stderr = proc.communicate()
         output = stdout + stderr
-        results_path = Path(tmp) / "target" / "run_results.json"
+        results_path = target / "run_results.json"
         results = json.loads(results_path.read_text())["results"] if results_path.exists() else []
+        if results and (target / PARSE_STATE).is_file():  # dbt parsed the project and ran
+            _keep_parse_state(target / PARSE_STATE, kept_state)
     failed = [f"{r['unique_id']}: {r['status']} - {(r.get('message') or '').strip()}" for r in results
               if r["status"] in ("error", "fail", "runtime error")]
     warned = [f"{r['unique_id']}: {(r.get('message') or '').strip()}" for r in results if r["status"] == "warn"]

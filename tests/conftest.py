@@ -9,6 +9,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-prefect-"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: telemetry would log errors
 os.environ.setdefault("GLMM_AB_JAX_CACHE", os.path.join(tempfile.gettempdir(), "glmm-ab-test-jax-cache"))
+os.environ.setdefault("GLMM_AB_DBT_STATE", tempfile.mkdtemp(prefix="glmm-ab-dbt-state-"))
 
 import numpy as np
 import polars as pl

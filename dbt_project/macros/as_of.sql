@@ -1,7 +1,10 @@
-{#- The run's as-of timestamp (UTC): var('as_of') when given, else the current time. -#}
+{#- The run's as-of timestamp (UTC): var('as_of') when given, else the environment's GLMM_AB_AS_OF
+    (how the nightly flow passes it: a --vars value that changes every night would make dbt parse
+    the whole project again each time), else the current time. -#}
 {% macro as_of() -%}
-    {%- if var('as_of', none) -%}
-        cast('{{ var("as_of") }}' as {{ dbt.type_timestamp() }})
+    {%- set value = var('as_of', none) or env_var('GLMM_AB_AS_OF', '') -%}
+    {%- if value -%}
+        cast('{{ value }}' as {{ dbt.type_timestamp() }})
     {%- else -%}
         {{ utc_now() }}
     {%- endif -%}
