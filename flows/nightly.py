@@ -7,7 +7,8 @@ Steps, each a Prefect task, against one :class:`~flows.warehouse.Warehouse`:
    tests. An error-severity test failure stops the run here, before any fit.
 3. ``load_histograms`` — every experiment x metric histogram, in one snapshot.
 4. ``fit_pair`` mapped over the pairs — a pure task: one small histogram and the frozen
-   run options in, result tables out, so a task runner can ship it anywhere. Retried on
+   run options in, result tables out, so a task runner can ship it anywhere: in this
+   process by default, on Dask workers with ``--task-runner dask`` (:mod:`.runners`). Retried on
    unexpected errors, not on bad data. A pair that cannot be fitted is recorded in
    ``glmm.fit_failures``; the others go on.
 5. ``write_run`` — every result table and the ``glmm.runs`` row, all or nothing.
@@ -33,7 +34,6 @@ import polars as pl
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from glmm_model import FitCancelled, FitTimeout, InputError, __version__, configure, fit
 from glmm_model.schema import SCHEMAS
@@ -42,6 +42,7 @@ from . import stopping
 from .clock import new_run_id, utc_now
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, DbtError, run_dbt
 from .options import RunOptions
+from .runners import SEQUENTIAL, task_runner
 from .warehouse import (PairHistogram, Publication, PublishError, RunRecord, Warehouse, WarehouseBusy, open_warehouse,
                         run_lock_timeout)
 
@@ -225,6 +226,11 @@ def collect_fits(pairs: list[PairHistogram], futures) -> tuple[dict[str, pl.Data
     return tables, pl.DataFrame(failures, schema=FAILURE_SCHEMA)
 
 
+def fit_pairs(pairs: list[PairHistogram], options: RunOptions) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """Every pair fitted on the current task runner; the result tables and the failures."""
+    return collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
+
+
 @contextmanager
 def held_run(wh: Warehouse, as_of: datetime | None, options: RunOptions, run_id: str | None):
     """The run's record, with the warehouse held for it (one run at a time; reentrant, so the CLI
@@ -258,8 +264,9 @@ def recorded_failure(warehouse: Warehouse, run: RunRecord, report: RunReport, wh
         raise exc
 
 
-# One pair at a time on this process's cores: each fit already runs its chains on two threads.
-@flow(name="glmm-ab-nightly", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+# One pair at a time on this process's cores (each fit already runs its chains on two threads),
+# unless options.task_runner ships the fits elsewhere.
+@flow(name="glmm-ab-nightly", log_prints=True, task_runner=task_runner(SEQUENTIAL))
 def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             options: RunOptions | None = None, run_id: str | None = None) -> RunReport:
     """Fit every experiment x metric in ``warehouse`` as of ``as_of`` (default: now, UTC) and append the results.
@@ -289,7 +296,11 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             with report.stage("load"):
                 pairs = load_histograms(wh, options.use_exposure)
         with recorded_failure(wh, run, report, "while fitting"), report.stage("fit"):
-            results, failures = collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
+            if options.task_runner == SEQUENTIAL:
+                results, failures = fit_pairs(pairs, options)
+            else:  # a subflow whose task runner ships each pair to a Dask worker
+                results, failures = flow(fit_pairs, name="glmm-ab-fits", task_runner=task_runner(options.task_runner),
+                                         validate_parameters=False)(pairs, options)
         for r in failures.iter_rows(named=True):
             logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
         report.lift, report.failures = results["lift"], failures

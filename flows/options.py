@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from .runners import check_spec
+
 
 def _flag(*names: str, **argparse_kwargs) -> dict:
     return {"flags": names, "argparse": argparse_kwargs}
@@ -52,6 +54,10 @@ class RunOptions:
         "--parquet-dir", help="Parquet copy of the same tables (default <bi stem>_parquet/)"))
     publish_results: bool = field(default=True, metadata=_flag(
         "--no-publish", action="store_false", help="do not publish the BI copy"))
+    task_runner: str = field(default="sequential", metadata=_flag(
+        "--task-runner", metavar="sequential|dask|dask://HOST:PORT",
+        help="where the fits run: in this process one after another (default), on a Dask cluster started for the "
+             "run (one worker per two cores), or on an existing Dask scheduler; results are the same"))
 
     SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed", "refits")
     STATISTICAL = SAMPLING + ("use_exposure",)
@@ -69,6 +75,7 @@ class RunOptions:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.refits, int) or isinstance(self.refits, bool) or not 0 <= self.refits <= 2:
             raise ValueError(f"refits must be 0, 1 or 2, got {self.refits!r}")
+        check_spec(self.task_runner)
         if isinstance(self.fit_timeout, bool) or not isinstance(self.fit_timeout, (int, float)) or not self.fit_timeout >= 0:
             raise ValueError(f"fit_timeout must be a number of seconds >= 0 (0: no limit), got {self.fit_timeout!r}")
 
