@@ -148,4 +148,8 @@ def main() -> None:
     st.markdown("**Every experiment**")
     st.dataframe(health, hide_index=True)
 
-main()
+# Streamlit runs this file as __main__. A process started with multiprocessing's "spawn" (a Dask
+# worker of a run started from a process that showed the app) re-runs its parent's main file as
+# __mp_main__: it must not draw the page there.
+if __name__ == "__main__":
+    main()

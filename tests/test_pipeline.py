@@ -180,6 +180,24 @@ def test_dbt_unit_tests_of_the_models_pass(demo_run, tmp_path):
     assert defined >= 4 and result.passed == defined
 
 
+def test_dbt_starts_from_the_last_calls_parse_state_and_takes_the_as_of_from_the_environment(demo_run, tmp_path):
+    from flows.dbt import parse_state_path, run_dbt
+    from flows.resources import dbt_project_dir
+    from flows.warehouse import open_warehouse
+
+    warehouse = open_warehouse(demo_run[0])
+    kept = parse_state_path(dbt_project_dir(), warehouse)
+    assert kept.is_file() and kept.parent == Path(os.environ["GLMM_AB_DBT_STATE"])  # the demo runs left it
+    # the next call on a warehouse starts from the last one's parse state; the as-of reaches the SQL
+    # through GLMM_AB_AS_OF and changes only what uses it
+    copy = open_warehouse(copy_warehouse(demo_run[0], tmp_path))
+    assert parse_state_path(dbt_project_dir(), copy) != kept  # one state per warehouse
+    first = run_dbt("compile", copy, "int_experiment_windows", as_of="2026-01-02 03:04:05", extra=["--debug"])
+    second = run_dbt("compile", copy, "int_experiment_windows", as_of="2026-02-03 00:00:00", extra=["--debug"])
+    assert "2026-01-02 03:04:05" in first.output and "2026-02-03 00:00:00" in second.output
+    assert "Partial parsing enabled" not in first.output and "Partial parsing enabled" in second.output
+
+
 def test_cli_run_exit_codes(tmp_path):
     env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     missing = subprocess.run([EXE, "run", "--warehouse", str(tmp_path / "none.duckdb")], capture_output=True, text=True, env=env)
