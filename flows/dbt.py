@@ -67,6 +67,7 @@ def parse_state_path(project_dir: Path, warehouse: Warehouse) -> Path:
 def _keep_parse_state(produced: Path, kept: Path) -> None:
     """Replace the kept state with the one dbt just wrote, atomically (runs may overlap); a cache
     that cannot be written (a read-only home) costs only the next parse."""
+    tmp = None
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=kept.parent, prefix=kept.name, suffix=".tmp")
@@ -74,7 +75,8 @@ def _keep_parse_state(produced: Path, kept: Path) -> None:
             out.write(produced.read_bytes())
         os.replace(tmp, kept)
     except OSError:
-        pass
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_of: str | None = None,
