@@ -55,9 +55,9 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
 
 # Every tier but the first (counts 0-2, by far the most quadrature nodes) holds at least this many
 # cells. Small experiments have a handful of cells in the higher tiers (0, 1, 2, 3 ...), each mix
-# a new program shape and so a new compilation (~10 s); with the floor every 2-arm experiment of
-# 10 users per arm shares one shape, at ~10% more work per gradient on the smallest experiments
-# and nothing on larger ones.
+# a new program shape and so a new compilation (~19 s on a fresh cache); with the floor the 24
+# test experiments of 10 users per arm need 2 shapes instead of 6, at up to ~20% more sampling
+# time on the smallest experiments (median of 3, a busy machine) and none on the article's data.
 MIN_TIER_CELLS = 8
 
 
