@@ -74,12 +74,20 @@ class DecisionRules:
 
     'invalid' whenever a diagnostic check fails (divergences, R-hat, ESS, BFMI,
     sample-ratio mismatch), whatever the lift says. Otherwise 'ship' when
-    P(beat control) >= ship_probability, 'keep_control' when
+    P(beat control) >= the ship threshold, 'keep_control' when
     P(beat control) <= 1 - ship_probability or P(in ROPE) >= rope_probability,
     and 'inconclusive' in between.
+
+    The ship threshold is ``ship_probability`` with one treatment. With m > 1
+    treatments and ``adjust_for_arms`` it is ``1 - (1 - ship_probability) / m``
+    (Bonferroni): each arm compared with the control is another chance to ship a
+    change that does nothing, and in an A/A test with 3 arms the unadjusted 0.95
+    shipped some arm about 9% of the time. Adjusted, the chance that an
+    experiment with no effect ships anything stays at most 1 - ship_probability.
     """
 
     ship_probability: float = 0.95
+    adjust_for_arms: bool = True
     rope_half_width: float = 0.01  # relative lift: |exp(beta) - 1| < 1%
     rope_probability: float = 0.95
     max_r_hat: float = 1.01
@@ -87,6 +95,12 @@ class DecisionRules:
     max_divergences: int = 0
     min_bfmi: float = 0.3
     srm_p_value: float = 0.001
+
+    def ship_threshold(self, treatments: int) -> float:
+        """P(beat control) an arm needs to ship, out of ``treatments`` compared with the control."""
+        if not self.adjust_for_arms or treatments <= 1:
+            return self.ship_probability
+        return 1.0 - (1.0 - self.ship_probability) / treatments
 
 
 @dataclass(frozen=True)

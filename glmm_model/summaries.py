@@ -166,12 +166,16 @@ def split_check(variants: tuple[str, ...], users_per_arm: np.ndarray, planned_sp
     return srm_p_value(observed, [plan.get(a, 0.0) for a in arms]), {a: plan.get(a, 0.0) for a in arms}
 
 
-def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: DecisionRules) -> tuple[str, str]:
-    """Decision label and the reason for it."""
+def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: DecisionRules,
+           treatments: int = 1) -> tuple[str, str]:
+    """Decision label and the reason for it, for one of ``treatments`` arms compared with the control."""
     if failures:
         return "invalid", "; ".join(failures)
-    if prob_beat >= rules.ship_probability:
-        return "ship", f"P(beat control) {prob_beat:.3f} >= {rules.ship_probability}"
+    threshold = rules.ship_threshold(treatments)
+    if prob_beat >= threshold:
+        adjusted = "" if threshold == rules.ship_probability else \
+            f" ({rules.ship_probability} adjusted for {treatments} treatments)"
+        return "ship", f"P(beat control) {prob_beat:.3f} >= {threshold:g}{adjusted}"
     if prob_beat <= 1.0 - rules.ship_probability:
         return "keep_control", f"P(beat control) {prob_beat:.3f} <= {1 - rules.ship_probability:.2f}"
     if prob_in_rope >= rules.rope_probability:
@@ -223,7 +227,7 @@ def lift_rows(
         a_low, a_high = interval(absolute, level)
         prob_beat = float(np.mean(lift > 0))
         prob_in_rope = float(np.mean(np.abs(lift) < rules.rope_half_width))
-        decision, reason = decide(prob_beat, prob_in_rope, failures, rules)
+        decision, reason = decide(prob_beat, prob_in_rope, failures, rules, len(variants) - 1)
         rows.append(
             {
                 "variant": variant,

@@ -58,6 +58,35 @@ def test_decision_thresholds(prob_beat, prob_rope, expected):
     assert decide(prob_beat, prob_rope, [], DecisionRules())[0] == expected
 
 
+def test_ship_threshold_is_adjusted_for_the_number_of_treatments():
+    rules = DecisionRules()
+    assert rules.ship_threshold(1) == 0.95
+    assert rules.ship_threshold(2) == pytest.approx(0.975)
+    assert rules.ship_threshold(4) == pytest.approx(0.9875)
+    assert DecisionRules(adjust_for_arms=False).ship_threshold(3) == 0.95
+    assert decide(0.96, 0.0, [], rules, treatments=1)[0] == "ship"
+    decision, reason = decide(0.96, 0.0, [], rules, treatments=2)
+    assert decision == "inconclusive"
+    decision, reason = decide(0.98, 0.0, [], rules, treatments=2)
+    assert decision == "ship" and "0.975" in reason and "adjusted for 2 treatments" in reason
+    # keeping the control is not a discovery: its threshold stays at 1 - ship_probability
+    assert decide(0.04, 0.0, [], rules, treatments=3)[0] == "keep_control"
+
+
+def test_lift_rows_of_three_arms_use_the_adjusted_threshold():
+    draws = np.random.default_rng(3).normal(size=(4000, 2))
+    # arm B: P(beat) ~ 0.96 (ships alone, not beside a second treatment); arm C: ~0.99
+    beta = np.stack([0.1 * draws[:, 0] + 0.1 * 1.75, 0.1 * draws[:, 1] + 0.1 * 2.4], axis=1)
+    zeros = np.zeros(len(beta))
+    rows = lift_rows(zeros, beta, zeros + 0.5, ("A", "B", "C"), np.array([1, 1, 1]), np.zeros(3), 0.95,
+                     DecisionRules(), [])
+    assert 0.95 < rows[0]["prob_beat_control"] < 0.975 and rows[0]["decision"] == "inconclusive"
+    assert rows[1]["prob_beat_control"] > 0.975 and rows[1]["decision"] == "ship"
+    (two_arm,) = lift_rows(zeros, beta[:, :1], zeros + 0.5, ("A", "B"), np.array([1, 1]), np.zeros(2), 0.95,
+                           DecisionRules(), [])
+    assert two_arm["decision"] == "ship"
+
+
 def test_diagnostic_failures_name_the_problem():
     rules = DecisionRules()
     ok = Diagnostics(divergences=0, max_r_hat=1.001, min_ess_bulk=900, min_ess_tail=800, min_bfmi=0.9, srm_p_value=0.4, num_chains=4)
