@@ -2,6 +2,9 @@
 
 A subprocess (rather than dbt's in-process runner) guarantees that dbt's
 connection is closed when it returns, so the flow can open the warehouse next.
+The exception is an engine whose adapter must share this process's connection
+(Spark through dbt-spark's ``session`` method: one JVM, one local metastore):
+there dbt's programmatic runner (``dbtRunner``) runs in this process.
 The project and profile are the ones the package carries (:mod:`.resources`);
 the warehouse names the profile's target and the environment that points it at
 itself. dbt's target and log folders go to a temporary folder, so an installed,
@@ -24,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from importlib.metadata import version
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +83,28 @@ def _keep_parse_state(produced: Path, kept: Path) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+_ENV_LOCK = threading.Lock()
+
+
+def _run_in_process(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """dbt's own programmatic runner, in this process: for an engine whose dbt adapter must share this
+    process's connection (dbt-spark's session method uses this process's Spark session). The
+    environment the profile reads is set for the call and restored after it."""
+    from dbt.cli.main import dbtRunner
+
+    with _ENV_LOCK:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            outcome = dbtRunner().invoke(args)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    message = "" if outcome.exception is None else f"{type(outcome.exception).__name__}: {outcome.exception}"
+    return (0 if outcome.success else 1), message
+
+
 def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_of: str | None = None,
             extra: list[str] | None = None) -> DbtResult:
     """Run ``dbt <command>`` against ``warehouse``; raise DbtError naming what failed."""
@@ -99,11 +125,14 @@ def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_
         env.pop("GLMM_AB_AS_OF", None)
         if as_of:
             env["GLMM_AB_AS_OF"] = as_of
-        # a stop (SIGTERM) terminates it: dbt then ends its open transaction and exits
-        with stopping.child_process(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                     env=env, cwd=tmp)) as proc:
-            stdout, stderr = proc.communicate()
-        output = stdout + stderr
+        if getattr(warehouse, "dbt_in_process", False):
+            returncode, output = _run_in_process(args[1:], env)
+        else:
+            # a stop (SIGTERM) terminates it: dbt then ends its open transaction and exits
+            with stopping.child_process(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         text=True, env=env, cwd=tmp)) as proc:
+                stdout, stderr = proc.communicate()
+            returncode, output = proc.returncode, stdout + stderr
         results_path = target / "run_results.json"
         results = json.loads(results_path.read_text())["results"] if results_path.exists() else []
         if results and (target / PARSE_STATE).is_file():  # dbt parsed the project and ran
@@ -111,7 +140,7 @@ def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_
     failed = [f"{r['unique_id']}: {r['status']} - {(r.get('message') or '').strip()}" for r in results
               if r["status"] in ("error", "fail", "runtime error")]
     warned = [f"{r['unique_id']}: {(r.get('message') or '').strip()}" for r in results if r["status"] == "warn"]
-    if proc.returncode != 0 or failed:
+    if returncode != 0 or failed:
         detail = "; ".join(failed) if failed else output.strip().splitlines()[-1:] or ["no output"]
         raise DbtError(f"dbt {command} failed: {detail if isinstance(detail, str) else detail[0]}")
     return DbtResult(passed=sum(r["status"] in ("success", "pass") for r in results), warned=warned, output=output)

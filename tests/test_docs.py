@@ -46,5 +46,10 @@ def test_no_credential_in_any_tracked_file_and_the_profile_reads_env_vars():
         text = path.read_text(errors="ignore")
         assert not secret.search(text), f"{name} looks like it holds a credential: {secret.search(text).group(0)}"
     profile = yaml.safe_load((ROOT / "profiles.yml").read_text())
-    for output in profile["glmm_ab"]["outputs"].values():
-        assert "env_var(" in output["path"]
+    outputs = profile["glmm_ab"]["outputs"]
+    assert "env_var(" in outputs["duckdb"]["path"]
+    assert "env_var(" in outputs["spark"]["server_side_parameters"]["spark.sql.warehouse.dir"]
+    for name in ("spark_thrift", "databricks"):  # a cluster's address and any secret come from the environment
+        for key in ("host", "token", "cluster"):
+            if key in outputs[name]:
+                assert "env_var(" in outputs[name][key], (name, key)

@@ -43,6 +43,10 @@ def test_only_the_duckdb_warehouse_its_publisher_and_the_dashboard_reader_import
     assert speakers == DUCKDB_SPEAKERS
 
 
+def test_only_the_spark_warehouse_imports_pyspark():
+    assert {name for name, modules in sources() if "pyspark" in modules} == {"flows/warehouse/spark_warehouse.py"}
+
+
 def test_importing_the_engine_sets_nothing_up_until_configure_is_called(tmp_path):
     probe = (
         "import json, os, jax, glmm_model\n"

@@ -6,6 +6,7 @@
     glmm-ab backfill --from DATE --to DATE [--warehouse PATH] [run options]
     glmm-ab serve [--cron '0 3 * * *'] [--timezone UTC] [--warehouse PATH] [run options]
     glmm-ab status [--warehouse PATH] [--limit N]
+    glmm-ab load-raw SOURCE [--warehouse PATH] [--engine duckdb|spark]
     glmm-ab dashboard [--published PATH] [--port N] [--address HOST]
 
 The run options are :class:`flows.options.RunOptions`' flags. Building the parser
@@ -28,7 +29,14 @@ from ..options import RunOptions
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PARTIAL = 1, 2, 3
 DEMO_WAREHOUSE = "warehouse/demo.duckdb"
-WAREHOUSE_HELP = "the warehouse: a DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb)"
+WAREHOUSE_HELP = ("the warehouse: a DuckDB file (default $GLMM_AB_WAREHOUSE or warehouse/glmm_ab.duckdb), or with "
+                  "--engine spark a Spark warehouse folder (default $GLMM_AB_SPARK_DIR or warehouse/spark)")
+
+
+def _engine_argument(p) -> None:
+    p.add_argument("--engine", choices=("duckdb", "spark"), default=os.environ.get("GLMM_AB_ENGINE") or None,
+                   help="the warehouse engine (default $GLMM_AB_ENGINE, or the --warehouse prefix "
+                        "'duckdb:'/'spark:', or duckdb); spark needs the spark extra and a JDK")
 
 
 class CliError(Exception):
@@ -37,7 +45,7 @@ class CliError(Exception):
 
 def _command(parser, name: str, module: str, help: str) -> argparse.ArgumentParser:
     p = parser.add_parser(name, help=help)
-    p.set_defaults(command_module=module, command_function=f"cmd_{name}")
+    p.set_defaults(command_module=module, command_function=f"cmd_{name.replace('-', '_')}")
     return p
 
 
@@ -59,17 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "demo", "pipeline", "create a demo warehouse of synthetic raw logs and run the nightly flow on it")
     p.add_argument("--warehouse", default=None, help=f"DuckDB file to create (default {DEMO_WAREHOUSE})")
     p.add_argument("--force", action="store_true", help="replace an existing --warehouse file")
+    _engine_argument(p)
     RunOptions.add_arguments(p)
 
     p = _command(sub, "run", "pipeline", "run the nightly flow once against a warehouse that follows the raw contract")
     p.add_argument("--warehouse", default=None, help=WAREHOUSE_HELP)
     p.add_argument("--as-of", default=None, help="count conversions up to this time (ISO timestamp, UTC); default now")
+    _engine_argument(p)
     RunOptions.add_arguments(p)
 
     p = _command(sub, "backfill", "pipeline", "run the nightly flow for each as-of date of a range, in order")
     p.add_argument("--warehouse", default=None, help=WAREHOUSE_HELP)
     p.add_argument("--from", dest="date_from", required=True, help="first as-of date (YYYY-MM-DD; as of its midnight UTC)")
     p.add_argument("--to", dest="date_to", required=True, help="last as-of date, inclusive")
+    _engine_argument(p)
     RunOptions.add_arguments(p)
 
     p = _command(sub, "serve", "pipeline", "serve the nightly deployment on a cron schedule (needs PREFECT_API_URL)")
@@ -77,11 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 3 * * *", help="when to run (default '0 3 * * *': 03:00 every day)")
     p.add_argument("--timezone", default="UTC", help="time zone of the cron schedule (IANA name, default UTC)")
     p.add_argument("--name", default="nightly", help="deployment name (default 'nightly')")
+    _engine_argument(p)
     RunOptions.add_arguments(p)
 
     p = _command(sub, "status", "pipeline", "print the last runs and the health of every experiment x metric")
     p.add_argument("--warehouse", default=None, help=WAREHOUSE_HELP)
     p.add_argument("--limit", type=int, default=10, help="how many runs (default 10)")
+    _engine_argument(p)
+
+    p = _command(sub, "load-raw", "pipeline", "land raw logs (a DuckDB file's raw tables, or a folder of Parquet "
+                 "files, one per raw table) in the warehouse's raw schema, replacing what is there")
+    p.add_argument("source", help="a DuckDB file with raw.experiments, raw.metrics, raw.assignments, raw.events "
+                                  "(and optionally raw.variants), or a folder of experiments.parquet, ... files")
+    p.add_argument("--warehouse", default=None, help=WAREHOUSE_HELP)
+    _engine_argument(p)
 
     p = _command(sub, "dashboard", "pipeline", "start the Streamlit dashboard on the published BI copy (read-only)")
     p.add_argument("--published", default=None,

@@ -18,8 +18,12 @@ from ..options import RunOptions
 from ..warehouse import RunRecord, Warehouse, WarehouseError, open_warehouse, run_lock_timeout
 from . import DEMO_WAREHOUSE, EXIT_FAILED, EXIT_PARTIAL, CliError
 
+DEMO_SPARK_WAREHOUSE = "warehouse/demo_spark"
 
-def default_warehouse() -> str:
+
+def default_warehouse(engine: str | None = None) -> str:
+    if engine == "spark":
+        return os.environ.get("GLMM_AB_SPARK_DIR", "warehouse/spark")
     return os.environ.get("GLMM_AB_WAREHOUSE", "warehouse/glmm_ab.duckdb")
 
 
@@ -111,9 +115,10 @@ def _record_unstarted_run(warehouse: Warehouse, run_id: str, as_of: datetime | N
         print(f"glmm-ab: could not record the failed run {run_id} in glmm.runs: {exc}", file=sys.stderr)
 
 
-def _warehouse(args) -> Warehouse:
+def _warehouse(args, default: str | None = None) -> Warehouse:
+    engine = getattr(args, "engine", None)
     try:
-        return open_warehouse(args.warehouse or default_warehouse())
+        return open_warehouse(args.warehouse or default or default_warehouse(engine), engine)
     except WarehouseError as exc:
         raise CliError(str(exc)) from exc
 
@@ -187,14 +192,14 @@ def cmd_demo(args) -> int:
     from ..demo import build
 
     options = run_options(args)
-    warehouse = open_warehouse(args.warehouse or DEMO_WAREHOUSE)
+    warehouse = _warehouse(args, DEMO_SPARK_WAREHOUSE if args.engine == "spark" else DEMO_WAREHOUSE)
     if warehouse.exists():
         if args.warehouse and not args.force:
             raise CliError(f"{warehouse.describe()} exists; the demo would replace its raw tables. Pass --force, "
                            "or pick another path")
         warehouse.reset()
     if options.plots_dir is None:  # the demo shows everything: pictures beside its warehouse
-        options = replace(options, plots_dir=str(Path(warehouse.describe()).parent / "plots"))
+        options = replace(options, plots_dir=str(warehouse.default_bi_path().parent / "plots"))
     tables = build()
     warehouse.load_raw(tables)
     print(f"demo warehouse {warehouse.describe()}: " + ", ".join(f"raw.{k} {v.height} rows" for k, v in tables.items()))
@@ -206,6 +211,21 @@ def cmd_demo(args) -> int:
         print(f"  or in Python:  duckdb.connect('{bi}', read_only=True).sql('SELECT * FROM rpt_experiment_results_latest').show()")
         print(f"See it in a browser:  glmm-ab dashboard --published {bi}")
     return code
+
+
+def cmd_load_raw(args) -> int:
+    """Land raw logs into the warehouse's raw schema, then check them against the raw contract."""
+    from ..warehouse.duckdb_warehouse import read_raw_source
+
+    warehouse = _warehouse(args)
+    try:
+        tables = read_raw_source(Path(args.source))
+        warehouse.load_raw(tables)
+        warehouse.check_raw_contract()
+    except WarehouseError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{warehouse.describe()}: " + ", ".join(f"raw.{k} {v.height} rows" for k, v in tables.items()))
+    return 0
 
 
 def cmd_status(args) -> int:

@@ -148,6 +148,22 @@ class Warehouse(Protocol):
         """Remove the warehouse and everything in it (the demo's ``--force``)."""
 
 
+def histogram_pairs(rows: "pl.DataFrame", planned_rows) -> list[PairHistogram]:
+    """The pairs of one histogram query (rows ordered by experiment and metric, with ``experiment_id``,
+    ``metric_id``, ``control_variant`` and the histogram's columns) and the planned splits
+    (``(experiment_id, variant, traffic_weight)`` rows, ordered): what every engine's
+    :meth:`Warehouse.load_histograms` returns."""
+    planned: dict[str, list[tuple[str, float]]] = {}
+    for experiment_id, variant, weight in planned_rows:
+        planned.setdefault(experiment_id, []).append((variant, weight))
+    keys = ["experiment_id", "metric_id", "control_variant"]
+    return [
+        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys),
+                      planned_split=tuple(planned[part["experiment_id"][0]]) if part["experiment_id"][0] in planned else None)
+        for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True)
+    ]
+
+
 def run_lock_timeout() -> float:
     """Seconds a run waits for another run on the same warehouse ($GLMM_AB_RUN_LOCK_TIMEOUT, default 1800)."""
     text = os.environ.get("GLMM_AB_RUN_LOCK_TIMEOUT", "1800")
@@ -157,16 +173,29 @@ def run_lock_timeout() -> float:
         raise WarehouseError(f"GLMM_AB_RUN_LOCK_TIMEOUT must be a number of seconds, got {text!r}") from exc
 
 
-def open_warehouse(location: str | Path) -> Warehouse:
-    """The warehouse at ``location``: a DuckDB file path (``duckdb:PATH`` also accepted)."""
+ENGINES = ("duckdb", "spark")
+
+
+def open_warehouse(location: str | Path, engine: str | None = None) -> Warehouse:
+    """The warehouse at ``location``: a DuckDB file path, or ``duckdb:PATH``, or ``spark:FOLDER`` (a Spark
+    warehouse folder: its tables and local metastore). ``engine`` names the engine of a bare path."""
     text = str(location)
     if not text.strip():
         raise WarehouseError("no warehouse given: pass --warehouse or set GLMM_AB_WAREHOUSE")
-    engine, sep, rest = text.partition(":")
-    if sep and engine == "duckdb":
-        text = rest
-    elif sep and len(engine) > 1 and "/" not in engine and "\\" not in engine:
-        raise WarehouseError(f"unknown warehouse engine {engine!r} in {text!r}: expected a DuckDB file path")
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in ENGINES:
+        if engine is not None and engine != prefix:
+            raise WarehouseError(f"--engine {engine} does not match the warehouse {text!r}")
+        engine, text = prefix, rest
+    elif sep and len(prefix) > 1 and "/" not in prefix and "\\" not in prefix:
+        raise WarehouseError(f"unknown warehouse engine {prefix!r} in {text!r}: expected one of {', '.join(ENGINES)}")
+    engine = engine or "duckdb"
+    if engine == "spark":
+        from .spark_warehouse import SparkWarehouse
+
+        return SparkWarehouse(Path(text).absolute())
+    if engine != "duckdb":
+        raise WarehouseError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from .duckdb_warehouse import DuckDBWarehouse
 
     return DuckDBWarehouse(Path(text))

@@ -70,8 +70,9 @@ def published_tables(con, catalog: str) -> list[tuple[str, str]]:
 
 
 def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = None,
-            parquet_dir: str | Path | None = None, parquet: bool = True) -> Publication:
-    """Copy the results of ``warehouse`` to the BI file (and Parquet), atomically per file."""
+            parquet_dir: str | Path | None = None, parquet: bool = True, source: str | None = None) -> Publication:
+    """Copy the results of ``warehouse`` to the BI file (and Parquet), atomically per file. ``source``: the
+    warehouse the copy names (default ``warehouse`` itself; another engine's exports name their own)."""
     started = time.perf_counter()
     warehouse = Path(warehouse)
     bi_path = Path(bi_path) if bi_path else default_bi_path(warehouse)
@@ -109,7 +110,7 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
             con.execute("CREATE TABLE bi.main.bi_publication (run_id VARCHAR NOT NULL, published_at TIMESTAMP NOT NULL, "
                         "source_warehouse VARCHAR NOT NULL, tables VARCHAR[] NOT NULL)")
             con.execute("INSERT INTO bi.main.bi_publication VALUES (?, ?, ?, ?)",
-                        [run_id, published_at, str(warehouse.resolve()), list(publication.rows)])
+                        [run_id, published_at, source or str(warehouse.resolve()), list(publication.rows)])
             con.execute("COMMIT")
             if parquet_dir is not None:
                 for schema, table in [*tables, ("main", "bi_publication")]:
@@ -143,3 +144,27 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
         shutil.rmtree(staging, ignore_errors=True)
     publication.seconds = time.perf_counter() - started
     return publication
+
+
+def publish_tables(tables: dict, run_id: str, bi_path: str | Path, parquet_dir: str | Path | None,
+                   source: str) -> Publication:
+    """The BI copy of another engine's tables: ``tables`` maps (schema, table) to a function returning its
+    rows (anything DuckDB scans: a pandas or Arrow frame). They are written to a DuckDB file aside,
+    which :func:`publish` then copies as it copies a DuckDB warehouse; the copy names ``source``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="glmm-ab-export-") as tmp:
+        export = Path(tmp) / "export.duckdb"
+        try:
+            con = duckdb.connect(str(export))
+            try:
+                for (schema, table), read in tables.items():
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
+                    con.register("exported_rows", read())
+                    con.execute(f"CREATE TABLE {_ident(schema)}.{_ident(table)} AS SELECT * FROM exported_rows")
+                    con.unregister("exported_rows")
+            finally:
+                con.close()
+        except duckdb.Error as exc:
+            raise PublishError(f"exporting {source} for BI failed: {exc}") from exc
+        return publish(export, run_id, bi_path, parquet_dir, source=source)

@@ -26,7 +26,7 @@ import polars as pl
 from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
-from . import RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError
+from . import RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
@@ -254,17 +254,9 @@ def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
         """
     rows = query(con, sql.format(histogram=name(con, "main", "fct_cv_count_histogram"),
                                  experiments=name(con, "main", "stg_experiments")))
-    planned: dict[str, list[tuple[str, float]]] = {}
-    for experiment_id, variant, weight in con.execute(
-            f"SELECT experiment_id, variant, traffic_weight FROM {name(con, 'main', 'stg_variants')} "
-            "ORDER BY experiment_id, variant").fetchall():
-        planned.setdefault(experiment_id, []).append((variant, weight))
-    keys = ["experiment_id", "metric_id", "control_variant"]
-    return [
-        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys),
-                      planned_split=tuple(planned[part["experiment_id"][0]]) if part["experiment_id"][0] in planned else None)
-        for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True)
-    ]
+    planned = con.execute(f"SELECT experiment_id, variant, traffic_weight FROM {name(con, 'main', 'stg_variants')} "
+                          "ORDER BY experiment_id, variant").fetchall()
+    return histogram_pairs(rows, planned)
 
 
 @contextmanager
@@ -333,6 +325,31 @@ def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
         for table, frame in tables.items():
             con.execute(f"DELETE FROM {name(con, 'raw', table)}")
             append(con, name(con, "raw", table), frame)
+
+
+def read_raw_source(path: Path) -> dict[str, pl.DataFrame]:
+    """Raw logs to land (``glmm-ab load-raw``): a DuckDB file's ``raw`` tables, or a folder of
+    ``<table>.parquet`` files, one per raw table. The four contract tables are required,
+    ``variants`` is optional; WarehouseError names what is missing."""
+    wanted = [*RAW_DDL, *OPTIONAL_RAW_DDL]
+    if path.is_dir():
+        tables = {t: pl.read_parquet(path / f"{t}.parquet") for t in wanted if (path / f"{t}.parquet").is_file()}
+        where = f"folder {path} (expected {', '.join(f'{t}.parquet' for t in RAW_DDL)})"
+    elif path.is_file():
+        try:
+            with duckdb.connect(str(path), read_only=True) as con:
+                present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                     "WHERE table_schema = 'raw'").fetchall()}
+                tables = {t: query(con, f'SELECT * FROM raw."{t}"') for t in wanted if t in present}
+        except duckdb.Error as exc:
+            raise WarehouseError(f"cannot read raw tables from {path}: {exc}") from exc
+        where = f"DuckDB file {path}"
+    else:
+        raise WarehouseError(f"raw source not found: {path} (a DuckDB file or a folder of Parquet files)")
+    missing = [t for t in RAW_DDL if t not in tables]
+    if missing:
+        raise WarehouseError(f"the {where} lacks raw table(s) {', '.join(missing)}")
+    return tables
 
 
 def recent_runs(con, limit: int = 10) -> pl.DataFrame:

@@ -186,8 +186,8 @@ arm_issues as (
         'error' as severity,
         n_users as n_rows,
         case
-            when n_users = 0 then 'no exposures inside the experiment''s window: nothing to analyse'
-            when has_control = 0 then 'no user saw the control variant ''' || control_variant || ''': no fit'
+            when n_users = 0 then 'no exposures inside the window of the experiment: nothing to analyse'
+            when has_control = 0 then 'no user saw the control variant ' || chr(39) || control_variant || chr(39) || ': no fit'
             else 'only one variant was exposed: no fit'
         end as detail
     from arms
@@ -229,7 +229,7 @@ near_miss_names as (
         'warning' as severity,
         sum(events_per_name.n_events) as n_rows,
         'events named like a metric but for case or surrounding spaces were not counted: '
-            || {{ dbt.listagg("'[' || events_per_name.event_name || '] for metric ' || metrics.metric_id", "'; '", "order by events_per_name.event_name") }}
+            || {{ ordered_listagg("'[' || events_per_name.event_name || '] for metric ' || metrics.metric_id", "'; '", "events_per_name.event_name") }}
             as detail
     from events_per_name
     inner join metrics
@@ -254,7 +254,7 @@ no_events as (
         'no_events' as issue,
         'error' as severity,
         count(*) as n_rows,
-        'no event of metric(s) ' || {{ dbt.listagg("metric_id", "', '", "order by metric_id") }}
+        'no event of metric(s) ' || {{ ordered_listagg("metric_id", "', '", "metric_id") }}
             || ' from any exposed user inside the window: those metrics are not fitted' as detail
     from metric_totals
     where n_events = 0
@@ -281,7 +281,7 @@ extreme_users as (
         'extreme_user' as issue,
         'warning' as severity,
         count(*) as n_rows,
-        'users with more than 1000 times the median count of the experiment''s converting users (bots?); kept in the fit, where the random intercept absorbs them' as detail
+        'users with more than 1000 times the median count of the converting users of the experiment (bots?); kept in the fit, where the random intercept absorbs them' as detail
     from user_counts
     inner join medians
         on medians.experiment_id = user_counts.experiment_id

@@ -100,7 +100,7 @@ issues_per_experiment as (
     select
         experiment_id,
         count(*) as n_data_issues,
-        {{ dbt.listagg("issue || ' (' || cast(n_rows as " ~ dbt.type_string() ~ ") || ')'", "', '", "order by issue") }}
+        {{ ordered_listagg("issue || ' (' || cast(n_rows as " ~ dbt.type_string() ~ ") || ')'", "', '", "issue") }}
             as data_issues
     from data_issues
     where experiment_id is not null and issue <> 'user_in_several_variants'

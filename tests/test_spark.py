@@ -1,0 +1,87 @@
+"""The nightly job on Apache Spark (local mode): the same histograms and, to the bit, the same lift as on
+DuckDB from the same raw logs; results committed by the glmm.runs row, so a run killed between two
+tables leaves nothing visible and a retried write does not double rows.
+
+Needs the spark extra (pyspark, dbt-spark) and a JDK; without them the module is skipped, which
+is reported, not counted as a pass.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, small, sql
+
+pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[spark]')")
+pytest.importorskip("dbt.adapters.spark", reason="the spark extra is not installed (pip install -e '.[spark]')")
+if shutil.which("java") is None:
+    pytest.skip("Spark needs a JDK (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
+
+PROBE = Path(__file__).with_name("spark_write_probe.py")
+SMALL_ARGS = ["--chains", str(SMALL_FLOW["num_chains"]), "--warmup", str(SMALL_FLOW["num_warmup"]),
+              "--samples", str(SMALL_FLOW["num_samples"])]
+
+
+def cli(*args, timeout=1200):
+    result = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+@pytest.fixture(scope="module")
+def spark_run(demo_run, nightly, tmp_path_factory):
+    """The demo's raw logs landed in a Spark warehouse by load-raw, and one nightly run on each engine
+    for the same as-of and seed (the DuckDB one in this process, the Spark one through the CLI)."""
+    folder = tmp_path_factory.mktemp("spark")
+    duck = copy_warehouse(demo_run[0], folder / "duckdb")
+    spark_dir = folder / "spark"
+    loaded = cli("load-raw", str(duck), "--engine", "spark", "--warehouse", str(spark_dir))
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
+    duck_report = nightly(warehouse=str(duck), as_of=as_of, options=small(publish_results=False))
+    bi = folder / "spark_bi.duckdb"
+    run = cli("run", "--engine", "spark", "--warehouse", str(spark_dir), "--as-of", as_of.isoformat(),
+              "--publish-to", str(bi), *SMALL_ARGS)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return duck, duck_report, spark_dir, bi, loaded.stdout + run.stdout
+
+
+def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
+    duck, duck_report, spark_dir, bi, output = spark_run
+    assert "raw.events" in output and "succeeded" in output
+    assert duck_report.status == "succeeded" and duck_report.failures.height == 0
+    order = "ORDER BY experiment_id, metric_id, variant, cv_count, exposure_days_cell"
+    histogram = f"SELECT * FROM main.fct_cv_count_histogram {order}"
+    on_duckdb, on_spark = sql(duck, histogram), sql(bi, histogram)
+    assert on_duckdb.height > 0 and on_duckdb.equals(on_spark)
+    lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift ORDER BY experiment_id, metric_id, variant"
+    duck_lift = sql(duck, lift.replace("FROM glmm.lift", "FROM glmm.lift WHERE run_id = ?"), [duck_report.run_id])
+    spark_lift = sql(bi, lift)
+    assert duck_lift.height == 8 and duck_lift.equals(spark_lift.select(duck_lift.columns))
+    # the report models ran on Spark too, and the BI copy names the Spark warehouse
+    latest = sql(bi, "SELECT count(*) AS n FROM main.rpt_experiment_results_latest")
+    assert latest["n"][0] == 8
+    assert sql(bi, "SELECT source_warehouse FROM main.bi_publication")["source_warehouse"][0] == f"spark:{spark_dir}"
+    status = cli("status", "--engine", "spark", "--warehouse", str(spark_dir), timeout=600)
+    assert status.returncode == 0 and "succeeded" in status.stdout and "checkout_button" in status.stdout, status.stderr
+
+
+def test_a_write_killed_between_two_tables_leaves_nothing_and_a_retry_does_not_double_rows(spark_run):
+    _, _, spark_dir, _, _ = spark_run
+    probe = subprocess.run([sys.executable, str(PROBE), str(spark_dir)], capture_output=True, text=True,
+                           timeout=900, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert probe.returncode == 0, probe.stdout[-3000:] + probe.stderr[-3000:]
+    assert "killed: lift written, no runs row, invisible to reports and BI" in probe.stdout
+    assert "orphans dropped" in probe.stdout
+    assert "retry: same rows once" in probe.stdout
+
+
+def test_an_unknown_engine_or_a_mismatched_prefix_is_refused(tmp_path):
+    bad = cli("status", "--engine", "spark", "--warehouse", f"duckdb:{tmp_path / 'x.duckdb'}", timeout=60)
+    assert bad.returncode == 2 and "--engine spark does not match" in bad.stderr
+    missing = cli("load-raw", str(tmp_path / "nowhere"), "--engine", "spark", "--warehouse", str(tmp_path / "s"),
+                  timeout=60)
+    assert missing.returncode == 2 and "raw source not found" in missing.stderr
