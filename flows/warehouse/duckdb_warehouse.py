@@ -26,21 +26,10 @@ import polars as pl
 from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
+from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems
 from . import RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
-
-RAW_DDL = {
-    "experiments": "experiment_id VARCHAR, control_variant VARCHAR, start_at TIMESTAMP, end_at TIMESTAMP",
-    "metrics": "metric_id VARCHAR, event_name VARCHAR",
-    "assignments": "experiment_id VARCHAR, user_id VARCHAR, variant VARCHAR, assigned_at TIMESTAMP",
-    "events": "event_id VARCHAR, user_id VARCHAR, event_name VARCHAR, event_at TIMESTAMP",
-}
-
-# Optional raw tables: read when present (checked like the others), never created by glmm-ab.
-OPTIONAL_RAW_DDL = {
-    "variants": "experiment_id VARCHAR, variant VARCHAR, traffic_weight DOUBLE",
-}
 
 RUNS_DDL = (
     "run_id VARCHAR PRIMARY KEY, as_of TIMESTAMP NOT NULL, started_at TIMESTAMP NOT NULL, "
@@ -185,12 +174,11 @@ _TIME_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAM
 _NUMBER_TYPES = _TEXT_TYPES - {"VARCHAR"} | {"DOUBLE", "FLOAT", "REAL"}
 
 
-def _expected(ddl_type: str) -> tuple[set[str], str]:
-    if ddl_type == "TIMESTAMP":
-        return _TIME_TYPES, "TIMESTAMP (UTC) or TIMESTAMP WITH TIME ZONE"
-    if ddl_type == "DOUBLE":
-        return _NUMBER_TYPES, "a number type (DOUBLE, DECIMAL, INTEGER, ...)"
-    return _TEXT_TYPES, "VARCHAR or a whole-number type"
+_ACCEPTED = {
+    "TIMESTAMP": (_TIME_TYPES, "TIMESTAMP (UTC) or TIMESTAMP WITH TIME ZONE"),
+    "DOUBLE": (_NUMBER_TYPES, "a number type (DOUBLE, DECIMAL, INTEGER, ...)"),
+    "VARCHAR": (_TEXT_TYPES, "VARCHAR or a whole-number type"),
+}
 
 
 def check_raw_contract(con) -> None:
@@ -203,23 +191,7 @@ def check_raw_contract(con) -> None:
     columns: dict[str, dict[str, str]] = {}
     for table, column, data_type in have:
         columns.setdefault(table, {})[column] = data_type.upper()
-    problems = []
-    for table, ddl in {**RAW_DDL, **OPTIONAL_RAW_DDL}.items():
-        needed = dict(part.split(" ", 1) for part in ddl.split(", "))
-        if table not in columns:
-            if table in RAW_DDL:
-                problems.append(f"raw.{table} is missing")
-            continue
-        missing = [c for c in needed if c not in columns[table]]
-        if missing:
-            problems.append(f"raw.{table} lacks column(s) {', '.join(missing)}")
-        for column, ddl_type in needed.items():
-            found = columns[table].get(column)
-            allowed, expected = _expected(ddl_type)
-            if found is not None and found not in allowed and not (ddl_type == "DOUBLE" and found.startswith("DECIMAL")):
-                hint = (": convert it where the logs land (glmm-ab does not guess the time zone of text timestamps)"
-                        if ddl_type == "TIMESTAMP" and found == "VARCHAR" else "")
-                problems.append(f"raw.{table}.{column} is {found}; expected {expected}{hint}")
+    problems = contract_problems(columns, _ACCEPTED, "VARCHAR")
     if problems:
         raise WarehouseError("the warehouse does not follow the raw contract: " + "; ".join(problems))
 

@@ -1,6 +1,7 @@
 """Benchmark 3: ``glmm-ab run`` end to end on 10 experiments x 2 metrics x 1,000,000 users (~20M events).
 
     python tests/benchmarks/end_to_end.py [--users 1000000] [--experiments 10] [--keep PATH [--reuse]]
+                                          [--engines duckdb,spark]
 
 Builds the raw tables with DuckDB SQL (users split evenly between control and
 treatment, each user-metric's event count geometric with mean ~1, +5% for the
@@ -9,6 +10,9 @@ fresh process as a user runs it, and prints the flow's per-stage breakdown and
 the wall time of both. The first run may trace and compile sampler programs for
 shapes it has not seen (an empty cache: the first night); the second is every
 night after. ``--keep PATH --reuse`` uses a warehouse already built there.
+``--engines duckdb,spark`` also lands the same raw tables in a Spark warehouse
+(``glmm-ab load-raw``, timed on its own) and runs the same nights on Spark local
+mode, side by side (needs the spark extra and a JDK).
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=10)
     parser.add_argument("--keep", default=None, help="build the warehouse here and keep it")
     parser.add_argument("--reuse", action="store_true", help="with --keep: use the warehouse already there")
+    parser.add_argument("--engines", default="duckdb", help="duckdb, spark or duckdb,spark")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "bench.duckdb"
@@ -73,24 +78,40 @@ def main() -> None:
         with duckdb.connect(str(path), read_only=True) as con:
             n_events = con.execute("SELECT count(*) FROM raw.events").fetchone()[0]
             n_assign = con.execute("SELECT count(*) FROM raw.assignments").fetchone()[0]
-        runs = []
-        for _ in range(2):
+        engines = args.engines.split(",")
+        locations = {"duckdb": ["--warehouse", str(path)]}
+        loaded = None
+        if "spark" in engines:
+            spark_dir = path.with_name(f"{path.stem}_spark")
             started = time.perf_counter()
-            out = subprocess.run([str(BIN / "glmm-ab"), "run", "--warehouse", str(path), "--as-of",
-                                  "2026-11-01T00:00:00"], capture_output=True, text=True)
-            wall = time.perf_counter() - started
+            out = subprocess.run([str(BIN / "glmm-ab"), "load-raw", str(path), "--engine", "spark",
+                                  "--warehouse", str(spark_dir)], capture_output=True, text=True)
             if out.returncode != 0:
-                sys.exit(f"glmm-ab run failed ({out.returncode}):\n{out.stderr[-3000:]}")
-            stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
-            runs.append((stages, wall))
-    print("| stage | first run (s) | second run (s) |\n|---|---|---|")
-    for k in runs[0][0]:
-        print(f"| {k} | {float(runs[0][0][k]):.1f} | {float(runs[1][0].get(k, 'nan')):.1f} |")
-    print(f"| **`glmm-ab run` wall time** (incl. Python start, Prefect's ephemeral API) "
-          f"| **{runs[0][1]:.1f}** | **{runs[1][1]:.1f}** |")
+                sys.exit(f"glmm-ab load-raw failed ({out.returncode}):\n{out.stderr[-3000:]}")
+            loaded = time.perf_counter() - started
+            locations["spark"] = ["--engine", "spark", "--warehouse", str(spark_dir)]
+        runs = {}
+        for engine in engines:
+            for night in range(2):
+                started = time.perf_counter()
+                out = subprocess.run([str(BIN / "glmm-ab"), "run", *locations[engine], "--as-of",
+                                      "2026-11-01T00:00:00"], capture_output=True, text=True)
+                wall = time.perf_counter() - started
+                if out.returncode != 0:
+                    sys.exit(f"glmm-ab run on {engine} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+                stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
+                runs[engine, night] = (stages, wall)
+    columns = list(runs)
+    print("| stage | " + " | ".join(f"{e} {'first' if n == 0 else 'second'} run (s)" for e, n in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for k in runs[columns[0]][0]:
+        print(f"| {k} | " + " | ".join(f"{float(runs[c][0].get(k, 'nan')):.1f}" for c in columns) + " |")
+    print("| **`glmm-ab run` wall time** (incl. Python start, Prefect's ephemeral API) | "
+          + " | ".join(f"**{runs[c][1]:.1f}**" for c in columns) + " |")
     print(f"\n{args.experiments} experiments x 2 metrics x {args.users:,} users: {n_assign:,} assignments, "
           f"{n_events:,} events; default sampler (4 chains x (500 + 2000)); pairs fitted: "
-          f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows.")
+          f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows."
+          + (f" Landing the raw tables in Spark (glmm-ab load-raw from the DuckDB file): {loaded:.0f} s." if loaded else ""))
 
 
 if __name__ == "__main__":
