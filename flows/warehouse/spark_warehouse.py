@@ -187,6 +187,12 @@ class SparkWarehouse:
             raise WarehouseError("the warehouse does not follow the raw contract: " + "; ".join(problems))
 
     def ensure_result_tables(self) -> None:
+        """Create the result tables that do not exist yet, then drop the partitions of runs killed while
+        writing. Called at a run's start, under the run lock: no other run is writing then."""
+        self._create_result_tables()
+        self.drop_orphaned_partitions()
+
+    def _create_result_tables(self) -> None:
         self.sql(f"CREATE DATABASE IF NOT EXISTS {RESULT_SCHEMA}")
         for table in [*BOOKKEEPING, *SCHEMAS]:
             columns = _columns(table)
@@ -199,7 +205,6 @@ class SparkWarehouse:
                          f"({', '.join(f'{_ident(c)} {t}' for c, t in added)})")
         self.sql(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.publications "
                  f"({', '.join(f'{_ident(c)} {t}' for c, t in PUBLICATIONS)}) USING parquet")
-        self.drop_orphaned_partitions()
 
     def drop_orphaned_partitions(self) -> list[tuple[str, str]]:
         """Drop result partitions whose run has no ``glmm.runs`` row (a run killed while writing).
@@ -256,7 +261,9 @@ class SparkWarehouse:
         self._insert(f"{RESULT_SCHEMA}.runs", row, _columns("runs"), overwrite=True)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
-        self.ensure_result_tables()
+        # not ensure_result_tables: a run that could not start (another holds the lock) must not drop
+        # the partitions that run is writing
+        self._create_result_tables()
         self._insert_run(run, "failed", message)
 
     def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
@@ -319,8 +326,8 @@ class SparkWarehouse:
 
     def load_raw(self, tables: dict[str, pl.DataFrame]) -> None:
         """Replace the raw tables with ``tables`` (Parquet tables in database ``raw``). Each frame goes to
-        Spark as a Parquet file written by polars (no row-by-row conversion: 20M events load in the
-        time Spark takes to read them), typed as the raw contract says on the way in."""
+        Spark as a Parquet file written by polars (columnar, not row by row through pandas), typed as
+        the raw contract says on the way in."""
         unknown = sorted(set(tables) - set(RAW_DDL) - set(OPTIONAL_RAW_DDL))
         if unknown:
             raise WarehouseError(f"unknown raw table(s) {unknown}")
