@@ -88,19 +88,25 @@ _ENV_LOCK = threading.Lock()
 
 def _run_in_process(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """dbt's own programmatic runner, in this process: for an engine whose dbt adapter must share this
-    process's connection (dbt-spark's session method uses this process's Spark session). The
-    environment the profile reads is set for the call and restored after it."""
+    process's connection (dbt-spark's session method uses this process's Spark session). Only the
+    variables that differ from this process's are set (or removed) for the call, and restored after it."""
     from dbt.cli.main import dbtRunner
 
+    changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    removed = [k for k in os.environ if k not in env]
     with _ENV_LOCK:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
+        saved = {k: os.environ.get(k) for k in [*changed, *removed]}
+        os.environ.update(changed)
+        for k in removed:
+            del os.environ[k]
         try:
             outcome = dbtRunner().invoke(args)
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     message = "" if outcome.exception is None else f"{type(outcome.exception).__name__}: {outcome.exception}"
     return (0 if outcome.success else 1), message
 

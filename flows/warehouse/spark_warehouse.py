@@ -89,6 +89,15 @@ def spark_settings(env: dict[str, str]) -> dict[str, str]:
     return {key: Template(str(value)).render(env_var=env_var) for key, value in parameters.items()}
 
 
+_POLARS_TYPES = {"STRING": pl.String, "TIMESTAMP": pl.Datetime("us")}
+
+
+def _one_row(values: dict, columns: list[tuple[str, str]]) -> pl.DataFrame:
+    """One bookkeeping row, typed from the table's columns; times as naive UTC (the session's zone)."""
+    values = {k: v.replace(tzinfo=None) if hasattr(v, "tzinfo") else v for k, v in values.items()}
+    return pl.DataFrame([values], schema={c: _POLARS_TYPES[t] for c, t in columns})
+
+
 def _as_contract_type(frame: pl.DataFrame, column: str, spark_type: str) -> pl.Expr:
     """A raw column as the contract types it: text ids as strings, times as naive UTC, weights as floats."""
     dtype = frame.schema[column]
@@ -251,14 +260,10 @@ class SparkWarehouse:
         self._insert_run(run, "succeeded", message)
 
     def _insert_run(self, run: RunRecord, status: str, message: str | None) -> None:
-        row = pl.DataFrame([{
-            "as_of": run.as_of.replace(tzinfo=None), "started_at": run.started_at.replace(tzinfo=None),
-            "finished_at": utc_now().replace(tzinfo=None), "status": status, "package_version": run.package_version,
-            "config": json.dumps(run.config, default=str), "message": message, "run_id": run.run_id}],
-            schema={"as_of": pl.Datetime("us"), "started_at": pl.Datetime("us"), "finished_at": pl.Datetime("us"),
-                    "status": pl.String, "package_version": pl.String, "config": pl.String, "message": pl.String,
-                    "run_id": pl.String})
-        self._insert(f"{RESULT_SCHEMA}.runs", row, _columns("runs"), overwrite=True)
+        row = {"as_of": run.as_of, "started_at": run.started_at, "finished_at": utc_now(), "status": status,
+               "package_version": run.package_version, "config": json.dumps(run.config, default=str),
+               "message": message, "run_id": run.run_id}
+        self._insert(f"{RESULT_SCHEMA}.runs", _one_row(row, _columns("runs")), _columns("runs"), overwrite=True)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         # not ensure_result_tables: a run that could not start (another holds the lock) must not drop
@@ -267,11 +272,8 @@ class SparkWarehouse:
         self._insert_run(run, "failed", message)
 
     def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
-        row = pl.DataFrame([{"run_id": run_id, "attempted_at": utc_now().replace(tzinfo=None), "status": status,
-                             "bi_path": bi_path, "message": message}],
-                           schema={"run_id": pl.String, "attempted_at": pl.Datetime("us"), "status": pl.String,
-                                   "bi_path": pl.String, "message": pl.String})
-        self._insert(f"{RESULT_SCHEMA}.publications", row, PUBLICATIONS, overwrite=False)
+        row = {"run_id": run_id, "attempted_at": utc_now(), "status": status, "bi_path": bi_path, "message": message}
+        self._insert(f"{RESULT_SCHEMA}.publications", _one_row(row, PUBLICATIONS), PUBLICATIONS, overwrite=False)
 
     def has_run(self, run_id: str) -> bool:
         if not self.exists() or not self.table_exists(RESULT_SCHEMA, "runs"):
@@ -302,7 +304,9 @@ class SparkWarehouse:
                           "FROM main.rpt_experiment_health ORDER BY experiment_id, metric_id")
 
     def default_bi_path(self) -> Path:
-        return self.root.with_name(f"{self.root.name}_bi.duckdb")
+        from .duckdb_publish import default_bi_path
+
+        return default_bi_path(self.root)
 
     def publish(self, run_id: str, bi_path: str | Path | None = None,
                 parquet_dir: str | Path | None = None) -> Publication:
