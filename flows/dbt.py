@@ -1,10 +1,12 @@
-"""Running dbt as the analytics engineer does: the ``dbt`` CLI in a subprocess.
+"""Running dbt with the arguments an analytics engineer types, through dbt's programmatic runner.
 
-A subprocess (rather than dbt's in-process runner) guarantees that dbt's
-connection is closed when it returns, so the flow can open the warehouse next.
-The exception is an engine whose adapter must share this process's connection
-(Spark through dbt-spark's ``session`` method: one JVM, one local metastore):
-there dbt's programmatic runner (``dbtRunner``) runs in this process.
+dbt runs in this process (``dbtRunner``), not as a ``dbt`` subprocess: a night
+pays dbt's import (~3 s) once, not once per invocation, and an engine whose
+adapter must share this process's connection (Spark through dbt-spark's
+``session`` method: one JVM, one local metastore) works the same way. After each
+call the warehouse releases what dbt's adapter holds (:meth:`release_dbt`: for
+DuckDB the file, so the flow can open it next), and a stop cancels dbt's queries
+(:mod:`.stopping`), as terminating the subprocess did.
 The project and profile are the ones the package carries (:mod:`.resources`);
 the warehouse names the profile's target and the environment that points it at
 itself. dbt's target and log folders go to a temporary folder, so an installed,
@@ -24,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -86,29 +87,74 @@ def _keep_parse_state(produced: Path, kept: Path) -> None:
 _ENV_LOCK = threading.Lock()
 
 
-def _run_in_process(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """dbt's own programmatic runner, in this process: for an engine whose dbt adapter must share this
-    process's connection (dbt-spark's session method uses this process's Spark session). Only the
-    variables that differ from this process's are set (or removed) for the call, and restored after it."""
+def _cancel_dbt_queries_until(done: threading.Event) -> None:
+    """On a stop: cancel the open queries of the in-process dbt (each adapter's own cancel, as dbt does on
+    Ctrl-C) now and every 0.2 s until it returns, so the nodes still queued fail at once too."""
+    from dbt.adapters.factory import FACTORY
+
+    def cancel_all():
+        for adapter in list(FACTORY.adapters.values()):
+            try:
+                adapter.cancel_open_connections()
+            except Exception:  # an adapter without cancel, or a connection closing under us
+                pass
+
+    def keep_cancelling():
+        while True:
+            cancel_all()
+            if done.wait(0.2):
+                return
+
+    threading.Thread(target=keep_cancelling, name="dbt-cancel", daemon=True).start()
+
+
+def _run_in_process(args: list[str], env: dict[str, str], warehouse: Warehouse) -> tuple[int, str]:
+    """dbt's own programmatic runner (``dbtRunner``), in this process: no interpreter and dbt import per
+    call. Only the variables that differ from this process's are set (or removed) for the call, and
+    restored after it; the warehouse then releases what dbt's adapter holds (DuckDB: the file). dbt runs in
+    a thread of its own so that this thread can take a stop (SIGTERM), which cancels dbt's queries.
+    Its log lines are collected, not printed (the flow logs what matters)."""
     from dbt.cli.main import dbtRunner
 
+    lines: list[str] = []
     changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
     removed = [k for k in os.environ if k not in env]
+    outcome: list = []
+    done = threading.Event()
+
+    def invoke():
+        try:
+            outcome.append(dbtRunner(callbacks=[lambda event: lines.append(event.info.msg)]).invoke(
+                [*args, "--log-level", "none"]))
+        except BaseException as exc:  # noqa: BLE001 - reported below as dbt's failure
+            outcome.append(exc)
+        finally:
+            warehouse.release_dbt()
+
     with _ENV_LOCK:
         saved = {k: os.environ.get(k) for k in [*changed, *removed]}
         os.environ.update(changed)
         for k in removed:
             del os.environ[k]
         try:
-            outcome = dbtRunner().invoke(args)
+            worker = threading.Thread(target=invoke, name="dbt")
+            with stopping.on_stop(lambda: _cancel_dbt_queries_until(done)):
+                worker.start()
+                while worker.is_alive():  # a join with a timeout lets this thread take a signal
+                    worker.join(0.2)
         finally:
+            done.set()
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    message = "" if outcome.exception is None else f"{type(outcome.exception).__name__}: {outcome.exception}"
-    return (0 if outcome.success else 1), message
+    result = outcome[0] if outcome else RuntimeError("dbt did not return")
+    if isinstance(result, BaseException):
+        return 1, "\n".join([*lines, f"{type(result).__name__}: {result}"])
+    if result.exception is not None:
+        lines.append(f"{type(result.exception).__name__}: {result.exception}")
+    return (0 if result.success else 1), "\n".join(lines)
 
 
 def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_of: str | None = None,
@@ -121,7 +167,7 @@ def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_
         target.mkdir()
         if kept_state.is_file():
             shutil.copyfile(kept_state, target / PARSE_STATE)
-        args = [dbt_executable(), command, "--project-dir", str(project_dir), "--profiles-dir", str(dbt_profiles_dir()),
+        args = [command, "--project-dir", str(project_dir), "--profiles-dir", str(dbt_profiles_dir()),
                 "--target", warehouse.dbt_target,
                 "--target-path", str(target), "--log-path", str(Path(tmp) / "logs")]
         if selector:
@@ -131,14 +177,7 @@ def run_dbt(command: str, warehouse: Warehouse, selector: str | None = None, as_
         env.pop("GLMM_AB_AS_OF", None)
         if as_of:
             env["GLMM_AB_AS_OF"] = as_of
-        if getattr(warehouse, "dbt_in_process", False):
-            returncode, output = _run_in_process(args[1:], env)
-        else:
-            # a stop (SIGTERM) terminates it: dbt then ends its open transaction and exits
-            with stopping.child_process(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                         text=True, env=env, cwd=tmp)) as proc:
-                stdout, stderr = proc.communicate()
-            returncode, output = proc.returncode, stdout + stderr
+        returncode, output = _run_in_process(args, env, warehouse)
         results_path = target / "run_results.json"
         results = json.loads(results_path.read_text())["results"] if results_path.exists() else []
         if results and (target / PARSE_STATE).is_file():  # dbt parsed the project and ran

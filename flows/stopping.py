@@ -8,7 +8,8 @@ with SIGTERM and kills it a little later. On the first SIGTERM or SIGINT,
   stages and turns into :class:`RunStopped` where it records a failed run;
 * cancels the fits sampling in this process (:func:`glmm_model.cancel_running`: they
   stop within one chunk of draws, as ``FitCancelled``);
-* terminates the dbt build this process is waiting for, if any (:func:`child_process`).
+* stops the dbt build this process is waiting for, if any (:func:`on_stop`): a dbt
+  subprocess is terminated, an in-process dbt has its queries cancelled.
 
 Outside a flow (waiting for another run's lock) it raises :class:`RunStopped` at
 once: there is nothing to record. A second signal ends the process at once with
@@ -18,15 +19,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 from contextlib import contextmanager
 
 _requested: int | None = None  # the signal that asked for the stop
 _in_flow = False
-_children: set[subprocess.Popen] = set()
-_children_lock = threading.Lock()
+_actions: set = set()  # what to do on a stop: terminate a child, cancel dbt's queries
+_actions_lock = threading.Lock()
 
 
 class RunStopped(Exception):
@@ -67,10 +67,10 @@ def _handle(signum, frame) -> None:
     from glmm_model import cancel_running
 
     cancel_running()
-    with _children_lock:
-        for child in _children:
-            if child.poll() is None:
-                child.terminate()
+    with _actions_lock:
+        actions = list(_actions)
+    for action in actions:
+        action()
     if not _in_flow:
         raise RunStopped(signum)
 
@@ -103,14 +103,14 @@ def in_flow():
 
 
 @contextmanager
-def child_process(proc: subprocess.Popen):
-    """Register ``proc`` so that a stop terminates it."""
-    with _children_lock:
-        _children.add(proc)
+def on_stop(action):
+    """Within the block a stop calls ``action()`` (at once if one was already requested)."""
+    with _actions_lock:
+        _actions.add(action)
     try:
-        if _requested is not None and proc.poll() is None:
-            proc.terminate()
-        yield proc
+        if _requested is not None:
+            action()
+        yield
     finally:
-        with _children_lock:
-            _children.discard(proc)
+        with _actions_lock:
+            _actions.discard(action)

@@ -1,11 +1,13 @@
 """The night always ends: a wide experiment fits under the nightly job, a fit past its time limit is
-recorded and the others go on, and SIGTERM stops a run within seconds with its failure recorded."""
+recorded and the others go on, and SIGTERM stops a run within seconds with its failure recorded,
+whether it comes while the run fits or while dbt (in the job's process) builds the models."""
 import os
 import signal
 import subprocess
 import time
 from datetime import datetime, timedelta
 
+import duckdb
 import polars as pl
 
 from flows.options import RunOptions
@@ -94,3 +96,46 @@ def test_sigterm_stops_a_run_while_it_fits_and_records_why(tmp_path):
         assert sql(path, f"SELECT count(*) AS n FROM glmm.{table}")["n"][0] == 0
     status = subprocess.run([EXE, "status", "--warehouse", str(path)], capture_output=True, text=True, timeout=120)
     assert status.returncode == 1 and "stopped by SIGTERM" in status.stdout  # the run lock is free again
+
+
+def test_sigterm_while_dbt_builds_cancels_its_queries_and_records_why(tmp_path):
+    """dbt runs in the job's process: a stop cancels its queries (the build would take ~15 s more here)."""
+    path = tmp_path / "big.duckdb"
+    with duckdb.connect(str(path)) as con:  # 2 experiments x 1,000,000 users, ~4M events
+        con.execute("""
+            CREATE SCHEMA raw;
+            CREATE TABLE raw.experiments AS SELECT 'e' || i AS experiment_id, 'control' AS control_variant,
+                TIMESTAMP '2026-10-01' AS start_at, CAST(NULL AS TIMESTAMP) AS end_at FROM range(2) t(i);
+            CREATE TABLE raw.metrics AS SELECT 'purchases' AS metric_id, 'purchase' AS event_name;
+            CREATE TABLE raw.assignments AS SELECT 'e' || e AS experiment_id, 'u' || e || '_' || u AS user_id,
+                CASE WHEN u % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant,
+                TIMESTAMP '2026-10-01' + to_seconds(u % 86400) AS assigned_at FROM range(2) a(e), range(1000000) b(u);
+            CREATE TABLE raw.events AS SELECT 'ev' || row_number() OVER () AS event_id, user_id,
+                'purchase' AS event_name, assigned_at + to_seconds(3600 * (k + 1)) AS event_at
+                FROM raw.assignments, range(2) c(k);
+        """)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish"],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+    try:
+        deadline = time.monotonic() + 600
+        while "as of 2026-10-20" not in log.read_text():  # the run holds the warehouse; dbt comes next
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(6)  # dbt imported, parsing or building
+        proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    output = log.read_text()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert "dbt built the pipeline models" not in output  # the signal came while dbt ran
+    assert took < 10, f"took {took:.0f} s to stop"
+    runs = sql(path, "SELECT status, message FROM glmm.runs")
+    assert runs.rows() == [("failed", "before fitting: RunStopped: stopped by SIGTERM")]
+    assert sql(path, "SELECT count(*) AS n FROM raw.events")["n"][0] == 4_000_000  # the raw logs untouched

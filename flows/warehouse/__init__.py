@@ -100,6 +100,9 @@ class Warehouse(Protocol):
     def dbt_env(self) -> dict[str, str]:
         """Environment variables that point the dbt target at this warehouse."""
 
+    def release_dbt(self) -> None:
+        """After each in-process dbt call: release what dbt's adapter still holds on this warehouse."""
+
     def run_lock(self, timeout: float) -> "ContextManager[None]":
         """Hold this warehouse for one run: wait up to ``timeout`` s for another run to finish, then raise
         WarehouseBusy naming the holder. Reentrant within a process (the CLI, then its flow)."""

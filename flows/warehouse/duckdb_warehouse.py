@@ -368,6 +368,16 @@ class DuckDBWarehouse:
     engine = "duckdb"
     dbt_target = "duckdb"
 
+    def release_dbt(self) -> None:
+        """Close the DuckDB instance dbt-duckdb keeps open between calls (a class-level environment), so the
+        file is free for the flow, another process, or dbt's next call on another warehouse."""
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+        with DuckDBConnectionManager._LOCK:
+            env, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
+            if env is not None:
+                env.close()
+
     def describe(self) -> str:
         return str(self.path)
 

@@ -123,7 +123,9 @@ class SparkWarehouse:
     root: Path
     engine = "spark"
     dbt_target = "spark"
-    dbt_in_process = True  # dbt-spark's session method must share this process's Spark session
+
+    def release_dbt(self) -> None:
+        """Nothing to release: dbt-spark's session method shares this process's Spark session, which stays."""
 
     # -- the session ------------------------------------------------------------------------------
     def session(self):
