@@ -1,5 +1,8 @@
 """Helpers shared by the pipeline, publishing and dashboard tests."""
+import os
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,3 +47,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def debian_package(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` with apt-get (as CI runs, as root, from the
+    Debian package registry) when the machine lacks it."""
+    path = shutil.which(command)
+    if path is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", package]
+        if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
+            proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+            assert proc.returncode == 0, f"could not install Debian's {package}: {proc.stderr[-2000:]}"
+        path = shutil.which(command)
+    assert path, f"{command} is not on PATH after installing Debian's {package}"
+    return path

@@ -1,10 +1,11 @@
-"""Used by test_spark.py: writes to a Spark warehouse that holds one succeeded run.
+"""Used by test_spark.py: reads and writes a Spark warehouse that holds one succeeded run.
 
-    python spark_write_probe.py SPARK_DIR          # the checks, printing a line for each that holds
+    python spark_write_probe.py SPARK_DIR          # `glmm-ab status` on it, then the checks, printing a
+                                                   # line for each that holds
     python spark_write_probe.py SPARK_DIR --kill   # (child) write a run and die by SIGKILL after its first table
 
 Only one process may hold a local Spark metastore, so the killed writer runs (and dies) before
-this process starts Spark.
+this process starts Spark; the status command runs in this process.
 """
 import os
 import signal
@@ -55,6 +56,9 @@ def main() -> None:
     child = subprocess.run([sys.executable, __file__, sys.argv[1], "--kill"], capture_output=True, text=True)
     assert child.returncode == -signal.SIGKILL, (child.returncode, child.stderr[-2000:])
 
+    from flows.cli import main as glmm_ab  # the status command, in this process: one Spark start, not two
+
+    assert glmm_ab(["status", "--engine", "spark", "--warehouse", sys.argv[1]]) == 0
     lift_runs = lambda: set(wh.query("SELECT DISTINCT run_id FROM glmm.lift")["run_id"].to_list())  # noqa: E731
     assert "killed-run" in lift_runs(), "the killed writer did not get to its first table"
     assert wh.query("SELECT count(*) AS n FROM glmm.runs WHERE run_id = 'killed-run'")["n"][0] == 0

@@ -3,9 +3,7 @@
 import os
 import re
 import socket
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +12,7 @@ import duckdb
 import pytest
 
 from flows.warehouse.duckdb_publish import default_bi_path
-from pipeline_helpers import EXE, copy_warehouse, free_port, sql
+from pipeline_helpers import EXE, copy_warehouse, debian_package, free_port, sql
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -98,17 +96,7 @@ def test_app_says_plainly_when_nothing_is_published(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's Chromium: installed with apt-get by the test setup when the machine lacks it."""
-    path = shutil.which("chromium")
-    if path is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "chromium"]
-        if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
-            proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-            assert proc.returncode == 0, f"could not install Debian's chromium: {proc.stderr[-2000:]}"
-        path = shutil.which("chromium")
-    assert path, "chromium is not on PATH after installing it"
-    return path
+    return debian_package("chromium", "chromium")
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
