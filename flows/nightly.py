@@ -285,7 +285,9 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
     logger = get_run_logger()
     wh = open_warehouse(warehouse)
     with held_run(wh, as_of, options, run_id) as run:
-        report = RunReport(run_id=run.run_id, status="running", message=None, as_of=run.as_of)
+        # the report's stage timings are the run record's: its glmm.runs row carries those done by then
+        report = RunReport(run_id=run.run_id, status="running", message=None, as_of=run.as_of,
+                           stage_seconds=run.stage_seconds)
         logger.info("run %s: warehouse %s, as of %s", run.run_id, wh.describe(), run.as_of.isoformat(sep=" "))
 
         with recorded_failure(wh, run, report, "before fitting"):

@@ -1,7 +1,7 @@
 """The warehouse pipeline end to end, on real components: a DuckDB file, dbt, the Prefect flow."""
+import json
 import os
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -90,6 +90,14 @@ def test_second_run_adds_a_run_and_latest_picks_it(demo_run):
     assert latest["run_id"].to_list() == [second.run_id]
     history = sql(path, "SELECT run_id, count(*) AS n FROM rpt_lift_history GROUP BY run_id ORDER BY run_id")
     assert history["n"].to_list() == [8, 8]
+    # each runs row says where its night went, stage by stage, up to its own writing
+    stages = sql(path, "SELECT run_id, CAST(stage_seconds AS VARCHAR) AS s FROM glmm.runs WHERE run_id IN (?, ?)",
+                 [first.run_id, second.run_id])
+    for run_id, recorded in stages.rows():
+        report = first if run_id == first.run_id else second
+        recorded = json.loads(recorded)
+        assert list(recorded) == ["dbt", "load", "fit"] and all(v > 0 for v in recorded.values())
+        assert recorded["fit"] == round(report.stage_seconds["fit"], 3)
 
 
 def test_results_read_with_plain_sql_as_a_bi_tool_would(demo_run):
@@ -127,8 +135,10 @@ def test_failing_dbt_test_stops_the_run_before_any_write(demo_run, nightly, tmp_
         nightly(warehouse=str(path), options=small())
     after = {t: sql(path, f"SELECT count(*) AS n FROM glmm.{t}")["n"][0] for t in SCHEMAS}
     assert after == before
-    failed = sql(path, "SELECT status, message FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
+    failed = sql(path, "SELECT status, message, CAST(stage_seconds AS VARCHAR) AS stages FROM glmm.runs "
+                       "ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
     assert failed["status"] == "failed" and "unique" in failed["message"]
+    assert list(json.loads(failed["stages"])) == ["dbt"]  # the stage it failed in
     # earlier results still there and the latest view still answers from them
     assert sql(path, "SELECT count(*) AS n FROM rpt_experiment_results_latest")["n"][0] == 8
 

@@ -6,6 +6,7 @@ Needs the spark extra (pyspark, dbt-spark; part of the test extra) and a JDK, wh
 installs with apt-get when the machine lacks it. Without the extra the module is skipped, which is
 reported, not counted as a pass.
 """
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
     latest = sql(bi, "SELECT count(*) AS n FROM main.rpt_experiment_results_latest")
     assert latest["n"][0] == 8
     assert sql(bi, "SELECT source_warehouse FROM main.bi_publication")["source_warehouse"][0] == f"spark:{spark_dir}"
+    stages = sql(bi, "SELECT stage_seconds FROM glmm.runs")["stage_seconds"]  # where the Spark night went
+    assert stages.len() == 1 and list(json.loads(stages[0])) == ["dbt", "load", "fit"]
 
 
 def test_status_reads_spark_a_killed_write_leaves_nothing_and_a_retry_does_not_double_rows(spark_run):

@@ -24,6 +24,7 @@ What a run needs, in the order the nightly flow asks:
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,8 @@ class RunRecord:
     started_at: datetime
     package_version: str
     config: dict
+    # seconds per stage finished so far (dbt, load, fit, ...): the runs row records those done before it
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +84,12 @@ class Publication:
     run_id: str
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def stage_seconds_json(run: RunRecord) -> str:
+    """``glmm.runs.stage_seconds``: the run's seconds per stage finished before its row was written,
+    rounded to milliseconds, as a JSON object in the order the stages ran."""
+    return json.dumps({stage: round(seconds, 3) for stage, seconds in run.stage_seconds.items()})
 
 
 @runtime_checkable

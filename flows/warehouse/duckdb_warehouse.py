@@ -27,14 +27,15 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems
-from . import RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs
+from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs,
+               stage_seconds_json)
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
 RUNS_DDL = (
     "run_id VARCHAR PRIMARY KEY, as_of TIMESTAMP NOT NULL, started_at TIMESTAMP NOT NULL, "
     "finished_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, package_version VARCHAR NOT NULL, "
-    "config JSON NOT NULL, message VARCHAR"
+    "config JSON NOT NULL, message VARCHAR, stage_seconds JSON"
 )
 FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
 PUBLICATIONS_DDL = ("run_id VARCHAR NOT NULL, attempted_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, "
@@ -199,6 +200,8 @@ def check_raw_contract(con) -> None:
 def create_result_tables(con) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {name(con, RESULT_SCHEMA)}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'runs')} ({RUNS_DDL})")
+    # a column added since the table was made; earlier rows: NULL
+    con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, 'runs')} ADD COLUMN IF NOT EXISTS stage_seconds JSON")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_failures')} ({FIT_FAILURES_DDL})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'publications')} ({PUBLICATIONS_DDL})")
     for table, columns in SCHEMAS.items():
@@ -256,9 +259,10 @@ def append(con, table: str, frame: pl.DataFrame) -> None:
 
 def _insert_run(con, run: RunRecord, status: str, message: str | None) -> None:
     con.execute(
-        f"INSERT INTO {name(con, RESULT_SCHEMA, 'runs')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO {name(con, RESULT_SCHEMA, 'runs')} (run_id, as_of, started_at, finished_at, status, "
+        "package_version, config, message, stage_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run.run_id, run.as_of, run.started_at, utc_now(), status, run.package_version,
-         json.dumps(run.config, default=str), message],
+         json.dumps(run.config, default=str), message, stage_seconds_json(run)],
     )
 
 

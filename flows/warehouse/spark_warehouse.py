@@ -34,7 +34,7 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               histogram_pairs)
+               histogram_pairs, stage_seconds_json)
 from .duckdb_warehouse import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_columns, contract_problems
 
@@ -43,7 +43,7 @@ KEY_COLUMNS = [("experiment_id", "STRING"), ("metric_id", "STRING")]
 # run_id comes last: Spark puts partition columns at the end of a table's schema
 BOOKKEEPING = {
     "runs": [("as_of", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("status", "STRING"),
-             ("package_version", "STRING"), ("config", "STRING"), ("message", "STRING")],
+             ("package_version", "STRING"), ("config", "STRING"), ("message", "STRING"), ("stage_seconds", "STRING")],
     "fit_failures": KEY_COLUMNS + [("error", "STRING")],
 }
 PUBLICATIONS = [("run_id", "STRING"), ("attempted_at", "TIMESTAMP"), ("status", "STRING"), ("bi_path", "STRING"),
@@ -264,7 +264,7 @@ class SparkWarehouse:
     def _insert_run(self, run: RunRecord, status: str, message: str | None) -> None:
         row = {"as_of": run.as_of, "started_at": run.started_at, "finished_at": utc_now(), "status": status,
                "package_version": run.package_version, "config": json.dumps(run.config, default=str),
-               "message": message, "run_id": run.run_id}
+               "message": message, "stage_seconds": stage_seconds_json(run), "run_id": run.run_id}
         self._insert(f"{RESULT_SCHEMA}.runs", _one_row(row, _columns("runs")), _columns("runs"), overwrite=True)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:

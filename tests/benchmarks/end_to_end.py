@@ -1,7 +1,7 @@
 """Benchmark 3: ``glmm-ab run`` end to end on 10 experiments x 2 metrics x 1,000,000 users (~20M events).
 
     python tests/benchmarks/end_to_end.py [--users 1000000] [--experiments 10] [--keep PATH [--reuse]]
-                                          [--engines duckdb,spark]
+                                          [--engines duckdb,spark] [--nights 2]
 
 Builds the raw tables with DuckDB SQL (users split evenly between control and
 treatment, each user-metric's event count geometric with mean ~1, +5% for the
@@ -12,7 +12,8 @@ shapes it has not seen (an empty cache: the first night); the second is every
 night after. ``--keep PATH --reuse`` uses a warehouse already built there.
 ``--engines duckdb,spark`` also lands the same raw tables in a Spark warehouse
 (``glmm-ab load-raw``, timed on its own) and runs the same nights on Spark local
-mode, side by side (needs the spark extra and a JDK).
+mode, side by side (needs the spark extra and a JDK). ``--nights 1`` times one night per
+engine (a Spark night at 1,000,000 users takes many minutes).
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="build the warehouse here and keep it")
     parser.add_argument("--reuse", action="store_true", help="with --keep: use the warehouse already there")
     parser.add_argument("--engines", default="duckdb", help="duckdb, spark or duckdb,spark")
+    parser.add_argument("--nights", type=int, default=2, help="nights timed per engine")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "bench.duckdb"
@@ -92,7 +94,7 @@ def main() -> None:
             locations["spark"] = ["--engine", "spark", "--warehouse", str(spark_dir)]
         runs = {}
         for engine in engines:
-            for night in range(2):
+            for night in range(args.nights):
                 started = time.perf_counter()
                 out = subprocess.run([str(BIN / "glmm-ab"), "run", *locations[engine], "--as-of",
                                       "2026-11-01T00:00:00"], capture_output=True, text=True)
@@ -102,7 +104,7 @@ def main() -> None:
                 stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
                 runs[engine, night] = (stages, wall)
     columns = list(runs)
-    print("| stage | " + " | ".join(f"{e} {'first' if n == 0 else 'second'} run (s)" for e, n in columns) + " |")
+    print("| stage | " + " | ".join(f"{e} night {n + 1} (s)" for e, n in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for k in runs[columns[0]][0]:
         print(f"| {k} | " + " | ".join(f"{float(runs[c][0].get(k, 'nan')):.1f}" for c in columns) + " |")
