@@ -149,10 +149,11 @@ def write_run(warehouse: Warehouse, run: RunRecord, results: dict[str, pl.DataFr
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def publish_bi(warehouse: Warehouse, run_id: str, bi_path: str | None, parquet_dir: str | None) -> Publication:
+def publish_bi(warehouse: Warehouse, run_id: str, bi_path: str | None, parquet_dir: str | None,
+               per_user: bool = False) -> Publication:
     """The BI copy; each attempt, published or failed, is recorded in glmm.publications."""
     try:
-        publication = warehouse.publish(run_id, bi_path, parquet_dir)
+        publication = warehouse.publish(run_id, bi_path, parquet_dir, per_user=per_user)
     except Exception as exc:
         _record_publication(warehouse, run_id, "failed", bi_path or warehouse.default_bi_path(), f"{type(exc).__name__}: {exc}")
         raise
@@ -329,7 +330,8 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
         if options.publish_results:
             with report.stage("publish"):
                 try:
-                    report.publication = publish_bi(wh, run.run_id, options.publish_to, options.parquet_dir)
+                    report.publication = publish_bi(wh, run.run_id, options.publish_to, options.parquet_dir,
+                                                    options.publish_per_user)
                     logger.info("run %s: published %d tables to %s", run.run_id, len(report.publication.rows),
                                 report.publication.bi_path)
                 except Exception as exc:

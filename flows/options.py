@@ -54,6 +54,10 @@ class RunOptions:
         "--parquet-dir", help="Parquet copy of the same tables (default <bi stem>_parquet/)"))
     publish_results: bool = field(default=True, metadata=_flag(
         "--no-publish", action="store_false", help="do not publish the BI copy"))
+    publish_per_user: bool = field(default=False, metadata=_flag(
+        "--publish-per-user", action="store_true",
+        help="also copy the per-user table fct_user_cv_counts to the BI copy (one row per experiment x metric x "
+             "user: the largest table by far; BI reads the histogram and the reports)"))
     task_runner: str = field(default="sequential", metadata=_flag(
         "--task-runner", metavar="sequential|dask|dask://HOST:PORT",
         help="where the fits run: in this process one after another (default), on a Dask cluster started for the "

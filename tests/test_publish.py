@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
@@ -44,7 +43,8 @@ def test_each_run_publishes_every_result_table_to_the_bi_copy(demo_run):
     tables = sql(bi, "SELECT table_schema || '.' || table_name AS t, table_type FROM information_schema.tables")
     assert set(tables["table_type"]) == {"BASE TABLE"}  # no views: they would name the warehouse's catalog
     names = set(tables["t"])
-    expected = {f"glmm.{t}" for t in SCHEMAS} | {"glmm.runs", "glmm.fit_failures", "main.fct_user_cv_counts",
+    # the per-user table stays in the warehouse unless asked for (--publish-per-user)
+    expected = {f"glmm.{t}" for t in SCHEMAS} | {"glmm.runs", "glmm.fit_failures",
                                                  "main.fct_cv_count_histogram", "main.dq_assignment_conflicts", "main.dq_data_issues",
                                                  "main.rpt_experiment_results_latest", "main.rpt_lift_history",
                                                  "main.rpt_experiment_health", "main.bi_publication"}
@@ -61,6 +61,22 @@ def test_each_run_publishes_every_result_table_to_the_bi_copy(demo_run):
     lift = pl.read_parquet(parquet / "glmm" / "lift.parquet").sort("run_id", "experiment_id", "metric_id", "variant")
     assert lift.equals(sql(path, "SELECT * FROM glmm.lift ORDER BY run_id, experiment_id, metric_id, variant"))
     assert not list(path.parent.glob(".*tmp*"))  # nothing left aside
+
+
+def test_the_per_user_table_is_published_only_when_asked_and_then_leaves_no_stale_file(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    bi, parquet = tmp_path / "bi.duckdb", tmp_path / "parquet"
+    asked = publish(path, "with-users", bi, parquet, per_user=True)
+    users = sql(path, "SELECT count(*) AS n FROM fct_user_cv_counts")["n"][0]
+    assert users > 0 and asked.rows["main.fct_user_cv_counts"] == users
+    assert sql(bi, "SELECT count(*) AS n FROM fct_user_cv_counts")["n"][0] == users
+    assert (parquet / "main" / "fct_user_cv_counts.parquet").is_file()
+    plain = publish(path, "without-users", bi, parquet)
+    assert "main.fct_user_cv_counts" not in plain.rows
+    assert "fct_user_cv_counts" not in set(sql(bi, "SELECT table_name FROM information_schema.tables")["table_name"])
+    assert not (parquet / "main" / "fct_user_cv_counts.parquet").exists()  # no stale per-user rows for BI
+    assert {p.stem for p in (parquet / "main").glob("*.parquet")} == {
+        t.split(".")[1] for t in plain.rows if t.startswith("main.")} | {"bi_publication"}
 
 
 def test_duckdb_1_0_opens_the_published_copy_and_its_parquet(demo_run, old_duckdb):

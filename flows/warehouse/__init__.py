@@ -150,7 +150,8 @@ class Warehouse(Protocol):
     def default_bi_path(self) -> Path:
         """Where the BI copy goes unless told otherwise."""
 
-    def publish(self, run_id: str, bi_path: str | Path | None, parquet_dir: str | Path | None) -> Publication:
+    def publish(self, run_id: str, bi_path: str | Path | None, parquet_dir: str | Path | None,
+                per_user: bool = False) -> Publication:
         """Replace the BI copy (and its Parquet files) with this warehouse's results; PublishError on failure."""
 
     def load_raw(self, tables: dict[str, "pl.DataFrame"]) -> None:

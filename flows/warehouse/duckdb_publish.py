@@ -33,6 +33,9 @@ from . import Publication, PublishError
 STORAGE_VERSION = "v1.0.0"
 PUBLISHED_PREFIXES = ("fct_", "dq_", "rpt_")
 UNPUBLISHED = ("publications",)  # glmm.* bookkeeping that stays in the warehouse
+# One row per experiment x metric x user: by far the largest table (20M rows on a 10 x 2 x 1M night) and
+# not what BI reads (the histogram and the reports are); copied only when asked (--publish-per-user).
+PER_USER = ("fct_user_cv_counts",)
 
 
 def default_bi_path(warehouse: str | Path) -> Path:
@@ -53,9 +56,10 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def published_tables(con, catalog: str) -> list[tuple[str, str]]:
+def published_tables(con, catalog: str, per_user: bool = False) -> list[tuple[str, str]]:
     """(schema, table) of every table to publish from ``catalog``: the marts, the reports and the glmm
-    result tables, not the warehouse's own bookkeeping of its publications (the copy has bi_publication)."""
+    result tables, not the warehouse's own bookkeeping of its publications (the copy has bi_publication),
+    nor the per-user table unless ``per_user``."""
     rows = con.execute(
         """
         SELECT table_schema, table_name FROM information_schema.tables
@@ -66,13 +70,19 @@ def published_tables(con, catalog: str) -> list[tuple[str, str]]:
         """,
         [catalog, *UNPUBLISHED, *PUBLISHED_PREFIXES],
     ).fetchall()
-    return [(schema, table) for schema, table in rows]
+    return [(schema, table) for schema, table in rows if per_user or not is_per_user(schema, table)]
+
+
+def is_per_user(schema: str, table: str) -> bool:
+    return schema == "main" and table in PER_USER
 
 
 def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = None,
-            parquet_dir: str | Path | None = None, parquet: bool = True, source: str | None = None) -> Publication:
+            parquet_dir: str | Path | None = None, parquet: bool = True, source: str | None = None,
+            per_user: bool = False) -> Publication:
     """Copy the results of ``warehouse`` to the BI file (and Parquet), atomically per file. ``source``: the
-    warehouse the copy names (default ``warehouse`` itself; another engine's exports name their own)."""
+    warehouse the copy names (default ``warehouse`` itself; another engine's exports name their own).
+    A Parquet file of a table this copy no longer carries (the per-user table, once asked for) goes."""
     started = time.perf_counter()
     warehouse = Path(warehouse)
     bi_path = Path(bi_path) if bi_path else default_bi_path(warehouse)
@@ -97,7 +107,7 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
         try:
             con.execute(f"ATTACH {_literal(str(warehouse))} AS wh (READ_ONLY)")
             con.execute(f"ATTACH {_literal(str(tmp))} AS bi (STORAGE_VERSION {_literal(STORAGE_VERSION)})")
-            tables = published_tables(con, "wh")
+            tables = published_tables(con, "wh", per_user)
             if not tables:
                 raise PublishError(f"{warehouse} has no result tables to publish")
             con.execute("BEGIN TRANSACTION")
@@ -126,10 +136,15 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
         Path(f"{bi_path}.wal").unlink(missing_ok=True)
         os.replace(tmp, bi_path)
         if parquet_dir is not None:
+            published = set()
             for source in sorted(staging.rglob("*.parquet")):
                 target = parquet_dir / source.relative_to(staging)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
+                published.add(target)
+            for stale in [p for schema in ("main", "glmm") for p in (parquet_dir / schema).glob("*.parquet")]:
+                if stale not in published:  # an earlier copy's table this one does not carry
+                    stale.unlink()
             manifest = {"run_id": run_id, "published_at": published_at.isoformat(), "rows": publication.rows}
             tmp_manifest = parquet_dir / f"._publication.{run_id}.json"
             tmp_manifest.write_text(json.dumps(manifest, indent=2))
@@ -147,7 +162,7 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
 
 
 def publish_tables(tables: dict, run_id: str, bi_path: str | Path, parquet_dir: str | Path | None,
-                   source: str) -> Publication:
+                   source: str, per_user: bool = False) -> Publication:
     """The BI copy of another engine's tables: ``tables`` maps (schema, table) to a function returning its
     rows (anything DuckDB scans: a pandas or Arrow frame). They are written to a DuckDB file aside,
     which :func:`publish` then copies as it copies a DuckDB warehouse; the copy names ``source``."""
@@ -167,4 +182,4 @@ def publish_tables(tables: dict, run_id: str, bi_path: str | Path, parquet_dir: 
                 con.close()
         except duckdb.Error as exc:
             raise PublishError(f"exporting {source} for BI failed: {exc}") from exc
-        return publish(export, run_id, bi_path, parquet_dir, source=source)
+        return publish(export, run_id, bi_path, parquet_dir, source=source, per_user=per_user)

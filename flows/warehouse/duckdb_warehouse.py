@@ -447,10 +447,10 @@ class DuckDBWarehouse:
         return default_bi_path(self.path)
 
     def publish(self, run_id: str, bi_path: str | Path | None = None,
-                parquet_dir: str | Path | None = None) -> Publication:
+                parquet_dir: str | Path | None = None, per_user: bool = False) -> Publication:
         from .duckdb_publish import publish
 
-        return publish(self.path, run_id, bi_path, parquet_dir)
+        return publish(self.path, run_id, bi_path, parquet_dir, per_user=per_user)
 
     def load_raw(self, tables: dict[str, pl.DataFrame]) -> None:
         with connect(self.path) as con:

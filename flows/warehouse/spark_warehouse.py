@@ -311,15 +311,16 @@ class SparkWarehouse:
         return default_bi_path(self.root)
 
     def publish(self, run_id: str, bi_path: str | Path | None = None,
-                parquet_dir: str | Path | None = None) -> Publication:
+                parquet_dir: str | Path | None = None, per_user: bool = False) -> Publication:
         """The same BI copy as the DuckDB engine's (a DuckDB file and Parquet files), published by the DuckDB
         publisher from this warehouse's tables, moved through Arrow. glmm.* rows come only from runs
         that have a ``glmm.runs`` row (a killed run's partitions are not results)."""
-        from .duckdb_publish import PUBLISHED_PREFIXES, UNPUBLISHED, publish_tables
+        from .duckdb_publish import PUBLISHED_PREFIXES, UNPUBLISHED, is_per_user, publish_tables
 
         catalog = self.session().catalog
         names = [("main", t.name) for t in catalog.listTables("main")
-                 if t.name.startswith(PUBLISHED_PREFIXES) and t.tableType != "VIEW"]
+                 if t.name.startswith(PUBLISHED_PREFIXES) and t.tableType != "VIEW"
+                 and (per_user or not is_per_user("main", t.name))]
         names += [(RESULT_SCHEMA, t.name) for t in catalog.listTables(RESULT_SCHEMA) if t.name not in UNPUBLISHED]
 
         def rows(schema: str, table: str):
@@ -328,7 +329,7 @@ class SparkWarehouse:
             return self.sql(f"SELECT * FROM {schema}.{table}{where}").toPandas()
 
         return publish_tables({name: (lambda name=name: rows(*name)) for name in names}, run_id,
-                              bi_path or self.default_bi_path(), parquet_dir, source=self.describe())
+                              bi_path or self.default_bi_path(), parquet_dir, source=self.describe(), per_user=per_user)
 
     def load_raw(self, tables: dict[str, pl.DataFrame]) -> None:
         """Replace the raw tables with ``tables`` (Parquet tables in database ``raw``). Each frame goes to
