@@ -8,8 +8,7 @@ with SIGTERM and kills it a little later. On the first SIGTERM or SIGINT,
   stages and turns into :class:`RunStopped` where it records a failed run;
 * cancels the fits sampling in this process (:func:`glmm_model.cancel_running`: they
   stop within one chunk of draws, as ``FitCancelled``);
-* stops the dbt build this process is waiting for, if any (:func:`on_stop`): a dbt
-  subprocess is terminated, an in-process dbt has its queries cancelled.
+* cancels the queries of the dbt build this process runs, if any (:func:`on_stop`).
 
 Outside a flow (waiting for another run's lock) it raises :class:`RunStopped` at
 once: there is nothing to record. A second signal ends the process at once with
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 
 _requested: int | None = None  # the signal that asked for the stop
 _in_flow = False
-_actions: set = set()  # what to do on a stop: terminate a child, cancel dbt's queries
+_actions: set = set()  # what else to do on a stop (cancel dbt's queries)
 _actions_lock = threading.Lock()
 
 

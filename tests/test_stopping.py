@@ -41,6 +41,31 @@ def wide_warehouse(path, wide_arms: int = 70):
     return path
 
 
+def sigterm_run(tmp_path, path, args: list[str], after: str, wait: float) -> tuple[int, float, str]:
+    """``glmm-ab run`` on ``path``, sent SIGTERM ``wait`` s after its log shows ``after``: its exit code,
+    the seconds it took to stop, and its log."""
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish", *args],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+    try:
+        deadline = time.monotonic() + 600
+        while after not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(wait)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    return code, took, log.read_text()
+
+
 def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_its_limit(nightly, tmp_path):
     path = wide_warehouse(tmp_path / "wide.duckdb")
     as_of = datetime.fromisoformat(AS_OF)
@@ -64,28 +89,9 @@ def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_it
 
 def test_sigterm_stops_a_run_while_it_fits_and_records_why(tmp_path):
     path = wide_warehouse(tmp_path / "stop.duckdb", wide_arms=30)
-    log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        # long sampling and no time limit: only the signal can end it early
-        proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish",
-                                 "--chains", "4", "--warmup", "5000", "--samples", "50000", "--fit-timeout", "0"],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
-    try:
-        deadline = time.monotonic() + 600
-        while "dbt built the pipeline models" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        time.sleep(8)  # into the fits
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        stopped_at = time.monotonic()
-        code = proc.wait(timeout=120)
-        took = time.monotonic() - stopped_at
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    output = log.read_text()
+    # long sampling and no time limit: only the signal can end it early
+    code, took, output = sigterm_run(tmp_path, path, ["--chains", "4", "--warmup", "5000", "--samples", "50000",
+                                                      "--fit-timeout", "0"], "dbt built the pipeline models", 8)
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert took < 60, f"took {took:.0f} s to stop"
     assert "stopped by SIGTERM" in output
@@ -114,25 +120,8 @@ def test_sigterm_while_dbt_builds_cancels_its_queries_and_records_why(tmp_path):
                 'purchase' AS event_name, assigned_at + to_seconds(3600 * (k + 1)) AS event_at
                 FROM raw.assignments, range(2) c(k);
         """)
-    log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish"],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
-    try:
-        deadline = time.monotonic() + 600
-        while "as of 2026-10-20" not in log.read_text():  # the run holds the warehouse; dbt comes next
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(6)  # dbt imported, parsing or building
-        proc.send_signal(signal.SIGTERM)
-        stopped_at = time.monotonic()
-        code = proc.wait(timeout=120)
-        took = time.monotonic() - stopped_at
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    output = log.read_text()
+    # the run holds the warehouse once it logs its as-of, and dbt comes next: 6 s later dbt is building
+    code, took, output = sigterm_run(tmp_path, path, [], "as of 2026-10-20", 6)
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert "dbt built the pipeline models" not in output  # the signal came while dbt ran
     assert took < 10, f"took {took:.0f} s to stop"

@@ -82,7 +82,7 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
             per_user: bool = False) -> Publication:
     """Copy the results of ``warehouse`` to the BI file (and Parquet), atomically per file. ``source``: the
     warehouse the copy names (default ``warehouse`` itself; another engine's exports name their own).
-    A Parquet file of a table this copy no longer carries (the per-user table, once asked for) goes."""
+    Without ``per_user``, an earlier copy's per-user Parquet file goes too."""
     started = time.perf_counter()
     warehouse = Path(warehouse)
     bi_path = Path(bi_path) if bi_path else default_bi_path(warehouse)
@@ -136,15 +136,13 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
         Path(f"{bi_path}.wal").unlink(missing_ok=True)
         os.replace(tmp, bi_path)
         if parquet_dir is not None:
-            published = set()
             for source in sorted(staging.rglob("*.parquet")):
                 target = parquet_dir / source.relative_to(staging)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
-                published.add(target)
-            for stale in [p for schema in ("main", "glmm") for p in (parquet_dir / schema).glob("*.parquet")]:
-                if stale not in published:  # an earlier copy's table this one does not carry
-                    stale.unlink()
+            if not per_user:  # an earlier copy's per-user rows would be stale beside this copy
+                for table in PER_USER:
+                    (parquet_dir / "main" / f"{table}.parquet").unlink(missing_ok=True)
             manifest = {"run_id": run_id, "published_at": published_at.isoformat(), "rows": publication.rows}
             tmp_manifest = parquet_dir / f"._publication.{run_id}.json"
             tmp_manifest.write_text(json.dumps(manifest, indent=2))
