@@ -98,6 +98,16 @@ def test_second_run_adds_a_run_and_latest_picks_it(demo_run):
         recorded = json.loads(recorded)
         assert list(recorded) == ["dbt", "load", "fit"] and all(v > 0 for v in recorded.values())
         assert recorded["fit"] == round(report.stage_seconds["fit"], 3)
+    # and its publication row the stages after the commit, up to the publish attempt
+    after = sql(path, "SELECT run_id, CAST(stage_seconds AS VARCHAR) AS s FROM glmm.publications WHERE run_id IN (?, ?)",
+                [first.run_id, second.run_id])
+    assert after.height == 2
+    for run_id, recorded in after.rows():
+        report = first if run_id == first.run_id else second
+        recorded = json.loads(recorded)
+        assert list(recorded) == ["write", "reports", "publish"] and all(v > 0 for v in recorded.values())
+        assert recorded["reports"] == round(report.stage_seconds["reports"], 3)
+        assert recorded["publish"] <= report.stage_seconds["publish"]
 
 
 def test_results_read_with_plain_sql_as_a_bi_tool_would(demo_run):
@@ -175,19 +185,25 @@ def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
     assert exp1["n_assignment_conflicts"] == 0
 
 
-def test_dbt_unit_tests_of_the_models_pass(demo_run, tmp_path):
-    """The models' unit tests (windowing, conflicts, dedup) run here, in development and CI: the nightly
-    build leaves them out, so they never depend on a warehouse's raw column types."""
+def test_dbt_unit_and_structural_tests_of_the_models_pass(demo_run, tmp_path):
+    """The models' unit tests (windowing, conflicts, dedup) and the structural tests of the intermediate
+    views run here, in development and CI: the nightly build leaves them out (unit tests would depend on
+    a warehouse's raw column types; structural ones re-run each view over the whole raw log)."""
     import yaml
 
     from flows.dbt import run_dbt
+    from flows.nightly import NIGHTLY_DBT_FLAGS
     from flows.resources import dbt_project_dir
     from flows.warehouse import open_warehouse
 
     defined = sum(len((yaml.safe_load(p.read_text()) or {}).get("unit_tests", []))
                   for p in (dbt_project_dir() / "models").rglob("*.yml"))
-    result = run_dbt("test", open_warehouse(copy_warehouse(demo_run[0], tmp_path)), "test_type:unit")
+    warehouse = open_warehouse(copy_warehouse(demo_run[0], tmp_path))
+    result = run_dbt("test", warehouse, "test_type:unit")
     assert defined >= 4 and result.passed == defined
+    structural = run_dbt("test", warehouse, "tag:structural")
+    assert structural.passed >= 15 and not structural.warned
+    assert "tag:structural" in NIGHTLY_DBT_FLAGS
 
 
 def test_dbt_starts_from_the_last_calls_parse_state_and_takes_the_as_of_from_the_environment(demo_run, tmp_path):

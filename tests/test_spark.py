@@ -72,6 +72,9 @@ def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
     assert sql(bi, "SELECT source_warehouse FROM main.bi_publication")["source_warehouse"][0] == f"spark:{spark_dir}"
     stages = sql(bi, "SELECT stage_seconds FROM glmm.runs")["stage_seconds"]  # where the Spark night went
     assert stages.len() == 1 and list(json.loads(stages[0])) == ["dbt", "load", "fit"]
+    # the stages after the commit: in glmm.publications, which stays in the warehouse (its Parquet files)
+    after = sql(bi, f"SELECT stage_seconds FROM read_parquet('{spark_dir}/tables/glmm.db/publications/*.parquet')")
+    assert after.height == 1 and list(json.loads(after["stage_seconds"][0])) == ["write", "reports", "publish"]
 
 
 def test_status_reads_spark_a_killed_write_leaves_nothing_and_a_retry_does_not_double_rows(spark_run):

@@ -86,10 +86,11 @@ class Publication:
     seconds: float = 0.0
 
 
-def stage_seconds_json(run: RunRecord) -> str:
-    """``glmm.runs.stage_seconds``: the run's seconds per stage finished before its row was written,
-    rounded to milliseconds, as a JSON object in the order the stages ran."""
-    return json.dumps({stage: round(seconds, 3) for stage, seconds in run.stage_seconds.items()})
+def stage_seconds_json(stage_seconds: dict[str, float]) -> str:
+    """Seconds per stage, rounded to milliseconds, as a JSON object in the order the stages ran:
+    ``glmm.runs.stage_seconds`` (the stages finished before the runs row was written) and
+    ``glmm.publications.stage_seconds`` (those after it, up to the publish attempt)."""
+    return json.dumps({stage: round(seconds, 3) for stage, seconds in stage_seconds.items()})
 
 
 @runtime_checkable
@@ -135,8 +136,10 @@ class Warehouse(Protocol):
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         """Append a failed run's ``glmm.runs`` row (creating the result tables if need be), nothing else."""
 
-    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
-        """Append ``glmm.publications``: whether a run's BI copy was 'published' or 'failed', and why."""
+    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None,
+                           stage_seconds: dict[str, float] | None = None) -> None:
+        """Append ``glmm.publications``: whether a run's BI copy was 'published' or 'failed', and why, with
+        the seconds of the run's stages after its commit (``write``, ``reports``, ``publish``)."""
 
     def has_run(self, run_id: str) -> bool:
         """Whether ``glmm.runs`` holds a row for ``run_id``."""

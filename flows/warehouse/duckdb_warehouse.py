@@ -39,7 +39,7 @@ RUNS_DDL = (
 )
 FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
 PUBLICATIONS_DDL = ("run_id VARCHAR NOT NULL, attempted_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, "
-                    "bi_path VARCHAR, message VARCHAR")
+                    "bi_path VARCHAR, message VARCHAR, stage_seconds JSON")
 
 
 def result_table_ddl(table: str) -> str:
@@ -204,6 +204,7 @@ def create_result_tables(con) -> None:
     con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, 'runs')} ADD COLUMN IF NOT EXISTS stage_seconds JSON")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_failures')} ({FIT_FAILURES_DDL})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'publications')} ({PUBLICATIONS_DDL})")
+    con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, 'publications')} ADD COLUMN IF NOT EXISTS stage_seconds JSON")
     for table, columns in SCHEMAS.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, table)} ({result_table_ddl(table)})")
         for column, dtype in columns.items():  # a column added since the table was made; earlier rows: NULL
@@ -262,7 +263,7 @@ def _insert_run(con, run: RunRecord, status: str, message: str | None) -> None:
         f"INSERT INTO {name(con, RESULT_SCHEMA, 'runs')} (run_id, as_of, started_at, finished_at, status, "
         "package_version, config, message, stage_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run.run_id, run.as_of, run.started_at, utc_now(), status, run.package_version,
-         json.dumps(run.config, default=str), message, stage_seconds_json(run)],
+         json.dumps(run.config, default=str), message, stage_seconds_json(run.stage_seconds)],
     )
 
 
@@ -346,9 +347,11 @@ def recent_runs(con, limit: int = 10) -> pl.DataFrame:
     """, [limit])
 
 
-def record_publication(con, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
-    con.execute(f"INSERT INTO {name(con, RESULT_SCHEMA, 'publications')} VALUES (?, ?, ?, ?, ?)",
-                [run_id, utc_now(), status, bi_path, message])
+def record_publication(con, run_id: str, status: str, bi_path: str | None, message: str | None,
+                       stage_seconds: dict[str, float] | None = None) -> None:
+    con.execute(f"INSERT INTO {name(con, RESULT_SCHEMA, 'publications')} "
+                "(run_id, attempted_at, status, bi_path, message, stage_seconds) VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, utc_now(), status, bi_path, message, stage_seconds_json(stage_seconds or {})])
 
 
 def table_exists(con, schema: str, table: str) -> bool:
@@ -426,10 +429,11 @@ class DuckDBWarehouse:
             return table_exists(con, RESULT_SCHEMA, "runs") and con.execute(
                 f"SELECT count(*) FROM {name(con, RESULT_SCHEMA, 'runs')} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
 
-    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
+    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None,
+                           stage_seconds: dict[str, float] | None = None) -> None:
         with connect(self.path, lock_wait=30) as con:
             create_result_tables(con)
-            record_publication(con, run_id, status, bi_path, message)
+            record_publication(con, run_id, status, bi_path, message, stage_seconds)
 
     def recent_runs(self, limit: int) -> pl.DataFrame | None:
         with connect(self.path, read_only=True, lock_wait=10) as con:

@@ -47,7 +47,7 @@ BOOKKEEPING = {
     "fit_failures": KEY_COLUMNS + [("error", "STRING")],
 }
 PUBLICATIONS = [("run_id", "STRING"), ("attempted_at", "TIMESTAMP"), ("status", "STRING"), ("bi_path", "STRING"),
-                ("message", "STRING")]
+                ("message", "STRING"), ("stage_seconds", "STRING")]
 
 # What each raw column may be (Spark's type names). Ids and names: text or whole numbers;
 # times: TIMESTAMP (UTC), TIMESTAMP_NTZ (taken as UTC) or DATE.
@@ -209,13 +209,18 @@ class SparkWarehouse:
             columns = _columns(table)
             self.sql(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.{table} "
                      f"({', '.join(f'{_ident(c)} {t}' for c, t in columns)}) USING parquet PARTITIONED BY (run_id)")
-            have = {c.name for c in self.session().catalog.listColumns(f"{RESULT_SCHEMA}.{table}")}
-            added = [(c, t) for c, t in columns if c not in have]
-            if added:  # a column added since the table was made; earlier rows: NULL
-                self.sql(f"ALTER TABLE {RESULT_SCHEMA}.{table} ADD COLUMNS "
-                         f"({', '.join(f'{_ident(c)} {t}' for c, t in added)})")
+            self._add_new_columns(table, columns)
         self.sql(f"CREATE TABLE IF NOT EXISTS {RESULT_SCHEMA}.publications "
                  f"({', '.join(f'{_ident(c)} {t}' for c, t in PUBLICATIONS)}) USING parquet")
+        self._add_new_columns("publications", PUBLICATIONS)
+
+    def _add_new_columns(self, table: str, columns: list[tuple[str, str]]) -> None:
+        """Columns added since ``table`` was made; its earlier rows read NULL there."""
+        have = {c.name for c in self.session().catalog.listColumns(f"{RESULT_SCHEMA}.{table}")}
+        added = [(c, t) for c, t in columns if c not in have]
+        if added:
+            self.sql(f"ALTER TABLE {RESULT_SCHEMA}.{table} ADD COLUMNS "
+                     f"({', '.join(f'{_ident(c)} {t}' for c, t in added)})")
 
     def drop_orphaned_partitions(self) -> list[tuple[str, str]]:
         """Drop result partitions whose run has no ``glmm.runs`` row (a run killed while writing).
@@ -264,7 +269,7 @@ class SparkWarehouse:
     def _insert_run(self, run: RunRecord, status: str, message: str | None) -> None:
         row = {"as_of": run.as_of, "started_at": run.started_at, "finished_at": utc_now(), "status": status,
                "package_version": run.package_version, "config": json.dumps(run.config, default=str),
-               "message": message, "stage_seconds": stage_seconds_json(run), "run_id": run.run_id}
+               "message": message, "stage_seconds": stage_seconds_json(run.stage_seconds), "run_id": run.run_id}
         self._insert(f"{RESULT_SCHEMA}.runs", _one_row(row, _columns("runs")), _columns("runs"), overwrite=True)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
@@ -273,8 +278,10 @@ class SparkWarehouse:
         self._create_result_tables()
         self._insert_run(run, "failed", message)
 
-    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None) -> None:
-        row = {"run_id": run_id, "attempted_at": utc_now(), "status": status, "bi_path": bi_path, "message": message}
+    def record_publication(self, run_id: str, status: str, bi_path: str | None, message: str | None,
+                           stage_seconds: dict[str, float] | None = None) -> None:
+        row = {"run_id": run_id, "attempted_at": utc_now(), "status": status, "bi_path": bi_path, "message": message,
+               "stage_seconds": stage_seconds_json(stage_seconds or {})}
         self._insert(f"{RESULT_SCHEMA}.publications", _one_row(row, PUBLICATIONS), PUBLICATIONS, overwrite=False)
 
     def has_run(self, run_id: str) -> bool:

@@ -9,9 +9,10 @@ first_exposures as (
 
 ),
 
+{#- the data-quality mart's table, not the view it copies: the conflict rule runs once per build -#}
 conflicts as (
 
-    select * from {{ ref('int_assignment_conflicts') }}
+    select * from {{ ref('dq_assignment_conflicts') }}
 
 ),
 
