@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import stopping
 from ..clock import new_run_id, utc_now
 from ..options import RunOptions
+from ..prefect_api import temporary_api
 from ..warehouse import RunRecord, Warehouse, WarehouseError, open_warehouse, run_lock_timeout
 from . import DEMO_WAREHOUSE, EXIT_FAILED, EXIT_PARTIAL, CliError
 
@@ -70,14 +71,23 @@ def run_options(args) -> RunOptions:
         raise CliError(str(exc)) from exc
 
 
+def _import_the_night() -> None:
+    """What a night imports (the flow, Prefect, JAX, polars; dbt and its adapters), done while the
+    temporary Prefect API starts on the other core."""
+    from ..dbt import import_dbt
+    from ..nightly import nightly  # noqa: F401
+
+    import_dbt()
+
+
 def _run_flow(warehouse: Warehouse, options: RunOptions, as_of: datetime | None = None) -> int:
     """One nightly run. The warehouse is held for the run before Prefect's API starts: two runs at once
-    would start two ephemeral APIs on one PREFECT_HOME, and both write the same marts."""
+    would start two temporary APIs on one PREFECT_HOME, and both write the same marts."""
     _prefect_environment()
     stopping.install()
     run_id = new_run_id()
     try:
-        with warehouse.run_lock(run_lock_timeout()):
+        with warehouse.run_lock(run_lock_timeout()), temporary_api(while_starting=_import_the_night):
             from ..nightly import nightly
 
             with stopping.in_flow():
