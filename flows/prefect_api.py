@@ -9,7 +9,8 @@ importing the flow. :func:`temporary_api` starts the same server, the same way
 ``PREFECT_HOME`` database, Prefect's ephemeral flags), first thing: the server comes
 up on the other core while this process imports the flow and dbt, and the flow's
 client reaches it through ``PREFECT_API_URL`` for the command's duration. The
-server is stopped when the command ends. A configured API is used as it is.
+server is stopped when the command ends (a backfill keeps one for all its nights). A
+configured API, or one a surrounding block started, is used as it is.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class TemporaryApi:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,  # its output goes where the job's goes, as with Prefect's own temporary server
         )
 
     def wait(self, timeout: float) -> None:
@@ -61,8 +62,8 @@ class TemporaryApi:
         with httpx.Client() as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    error = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
-                    raise RuntimeError(f"the temporary Prefect API exited with code {self.process.returncode}: {error}")
+                    raise RuntimeError(f"the temporary Prefect API exited with code {self.process.returncode} "
+                                       "(its own error is printed above)")
                 try:
                     if client.get(f"{self.url}/health", timeout=2).status_code == 200:
                         return
@@ -80,8 +81,6 @@ class TemporaryApi:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
 
 
 @contextmanager

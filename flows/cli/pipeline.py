@@ -163,13 +163,15 @@ def cmd_backfill(args) -> int:
     if (last - first).days >= 366:
         raise CliError(f"--from {first} --to {last} spans more than a year; backfill in smaller ranges")
     codes = {}
-    for k in range((last - first).days + 1):
-        day = first + timedelta(days=k)
-        print(f"\n== backfill {k + 1} of {(last - first).days + 1}: as of {day} 00:00 ==")
-        codes[day] = _run_flow(warehouse, options, datetime.combine(day, datetime.min.time()))
-        if stopping.requested():
-            print(f"backfill stopped ({stopping.RunStopped(stopping.signal_number())}) at {day}", file=sys.stderr)
-            return codes[day]
+    _prefect_environment()
+    with temporary_api(while_starting=_import_the_night):  # one Prefect API for every night (each run finds it)
+        for k in range((last - first).days + 1):
+            day = first + timedelta(days=k)
+            print(f"\n== backfill {k + 1} of {(last - first).days + 1}: as of {day} 00:00 ==")
+            codes[day] = _run_flow(warehouse, options, datetime.combine(day, datetime.min.time()))
+            if stopping.requested():
+                print(f"backfill stopped ({stopping.RunStopped(stopping.signal_number())}) at {day}", file=sys.stderr)
+                return codes[day]
     failed = [str(d) for d, c in codes.items() if c == EXIT_FAILED]
     print(f"\nbackfill {first}..{last}: {len(codes) - len(failed)} of {len(codes)} runs succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
