@@ -8,8 +8,18 @@ from flows import prefect_api
 from flows.prefect_api import temporary_api
 
 
-def test_a_temporary_api_answers_inside_the_block_and_is_gone_after(monkeypatch):
+@pytest.fixture(autouse=True)
+def no_configured_api(monkeypatch):
+    """Each test starts with no API configured. Other tests of the session run flows under Prefect's
+    test harness, which configures its server in this process's settings."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+def test_a_temporary_api_answers_inside_the_block_and_is_gone_after(monkeypatch):
     started = []
     monkeypatch.setattr(prefect_api, "TemporaryApi", _recording(prefect_api.TemporaryApi, started))
     with temporary_api(while_starting=lambda: started.append("imports")) as url:
@@ -35,7 +45,6 @@ def test_a_configured_api_is_used_as_it_is(monkeypatch):
 
 
 def test_a_server_that_does_not_answer_in_time_is_stopped_and_named(monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv(prefect_api.STARTUP_TIMEOUT_ENV, "0.01")
     started = []
     monkeypatch.setattr(prefect_api, "TemporaryApi", _recording(prefect_api.TemporaryApi, started))
