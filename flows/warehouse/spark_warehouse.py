@@ -35,7 +35,7 @@ from glmm_model.schema import SCHEMAS
 from ..clock import utc_now
 from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
                histogram_pairs, stage_seconds_json)
-from .duckdb_warehouse import run_lock
+from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_columns, contract_problems
 
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "STRING", pl.Boolean: "BOOLEAN"}
