@@ -76,7 +76,7 @@ class RateSamples:
 def collapsed_rates(data, beta0, beta, s, rng) -> RateSamples:
     """Per-cell rate posteriors from (beta0, beta, s) draws by quadrature and importance sampling."""
     n_cells = data.n_cells
-    per_draw = 2
+    per_draw = 8  # importance samples per kept draw: 250 draws x 8, where each draw costs two quadratures
     n_keep = int(max(50, min(_SAMPLES_PER_CELL // per_draw, 2e7 // (per_draw * n_cells))))
     idx = thin(len(beta0), n_keep, rng)
     eta = cell_eta(data, beta0[idx], beta[idx])  # (J, C)
