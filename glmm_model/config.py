@@ -8,6 +8,11 @@ from typing import Literal
 
 Method = Literal["collapsed", "latent"]
 PriorPreset = Literal["default", "article"]
+# count: events per user (Poisson GLMM); conversion: did the user do it at least once (Bernoulli, logit
+# link per arm); ratio: numerator events per denominator event (the count model with the denominator
+# as its exposure)
+MetricType = Literal["count", "conversion", "ratio"]
+METRIC_TYPES = ("count", "conversion", "ratio")
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class FitConfig:
     # (variant, share) pairs); None = an equal split over the variants observed
     planned_split: Mapping[str, float] | tuple[tuple[str, float], ...] | None = None
     ppc_draws: int = 400  # thinned posterior draws used by the predictive check
+    metric_type: MetricType = "count"
+    # a guardrail's tolerated relative drop (0.02: 2%); the lift then reports P(lift < -tolerated_drop)
+    tolerated_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("collapsed", "latent"):
@@ -128,6 +136,12 @@ class FitConfig:
             raise ValueError(f"seed must be in [0, 2**32), got {self.sampler.seed}")
         if self.planned_split is not None:
             object.__setattr__(self, "planned_split", normalise_split(self.planned_split))
+        if self.metric_type not in METRIC_TYPES:
+            raise ValueError(f"metric_type must be one of {', '.join(METRIC_TYPES)}, got {self.metric_type!r}")
+        if self.metric_type == "conversion" and self.method == "latent":
+            raise ValueError("a conversion metric has no per-user intercept to sample: use method 'collapsed'")
+        if self.tolerated_drop is not None and not 0 <= self.tolerated_drop < 1:
+            raise ValueError(f"tolerated_drop is a relative drop in [0, 1), got {self.tolerated_drop}")
         if self.sampler.time_limit_s is not None and not self.sampler.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 seconds or None, got {self.sampler.time_limit_s}")
 

@@ -64,6 +64,24 @@ class ExperimentData:
     def exposure_per_arm(self) -> np.ndarray:
         return np.bincount(self.cell_arm, weights=self.cell_users * self.cell_exposure, minlength=self.num_arms)
 
+    def as_conversion(self) -> "ExperimentData":
+        """The same users as a conversion metric: count 1 for a user with at least one event, else 0,
+        and no exposure (a user converted in their window or did not); cells merged accordingly."""
+        converted = (self.cell_count > 0).astype(np.int64)
+        key = self.cell_arm.astype(np.int64) * 2 + converted
+        keys, new_cell = np.unique(key, return_inverse=True)
+        users = np.bincount(new_cell, weights=self.cell_users, minlength=len(keys)).astype(np.int64)
+        return ExperimentData(
+            variants=self.variants,
+            cell_arm=(keys // 2).astype(np.int32),
+            cell_count=(keys % 2).astype(np.int64),
+            cell_exposure=np.ones(len(keys)),
+            cell_users=users,
+            has_exposure=False,
+            user_cell=None if self.user_cell is None else new_cell[self.user_cell],
+            user_ids=self.user_ids,
+        )
+
     def per_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(arm, count, exposure) of every user, expanding cells (the latent path's input)."""
         if self.user_cell is not None:

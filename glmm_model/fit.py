@@ -18,7 +18,7 @@ import polars as pl
 
 from . import pictures, predictive, runtime, summaries
 from .config import FitConfig, SamplerConfig
-from .data import ExperimentData, prepare
+from .data import ExperimentData, InputError, prepare
 from .sampling import FitTimeout, Posterior, sample
 from .schema import SCHEMAS, frame
 
@@ -76,6 +76,9 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     ``data``: polars DataFrame or Arrow table with ``variant``, ``cv_count``, and
     optionally ``exposure``, ``user_id`` (one row per user) or ``n_users`` (rows
     already counted per cell). ``control``: the control variant's name.
+    ``config.metric_type``: 'count' (the Poisson GLMM), 'conversion' (a user with
+    ``cv_count > 0`` converted; exposure is not used) or 'ratio' (``cv_count`` numerator
+    events, ``exposure`` the user's denominator events, required and > 0).
     Raises :class:`glmm_model.InputError` on bad input, before any sampling;
     :class:`glmm_model.FitTimeout` when it is still sampling ``config.sampler.time_limit_s``
     after sampling started; :class:`glmm_model.FitCancelled` when :func:`glmm_model.cancel_running`
@@ -85,6 +88,12 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     runtime.ensure_configured()
     started = time.perf_counter()
     exp = prepare(data, control)
+    conversion = config.metric_type == "conversion"
+    if conversion:
+        exp = exp.as_conversion()
+    elif config.metric_type == "ratio" and not exp.has_exposure:
+        raise InputError("a ratio metric needs each user's denominator events in column 'exposure' "
+                         "(numerator events in 'cv_count'); the input has no 'exposure' column")
     users = exp.users_per_arm()
     srm, split_used = summaries.split_check(exp.variants, users, config.planned_split)
 
@@ -104,17 +113,21 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         diag = summaries.sampler_diagnostics(posterior.stats, summary_rows, srm, posterior.draws)
         if diag.divergences <= config.decision.max_divergences:
             break
-    beta0, beta, s = posterior.flat("beta0"), posterior.flat("beta"), posterior.flat("s")
+    beta0, beta = posterior.flat("beta0"), posterior.flat("beta")
+    s = None if conversion else posterior.flat("s")
     failures = diag.failures(config.decision)
     observed_mean = exp.counts_per_arm() / users
     lift = summaries.lift_rows(
         beta0, beta, s, exp.variants, users, observed_mean, level, config.decision, failures,
-        observed_rate=exp.counts_per_arm() / exp.exposure_per_arm(),
+        observed_rate=exp.counts_per_arm() / exp.exposure_per_arm(), metric_type=config.metric_type,
+        tolerated_drop=config.tolerated_drop,
     )
 
     rng = np.random.default_rng(config.sampler.seed)
-    ppc_rows, ppc_p = predictive.predictive_check(exp, beta0, beta, s, config.ppc_draws, level, rng)
-    if config.method == "collapsed":
+    ppc_rows, ppc_p = predictive.predictive_check(exp, beta0, beta, s, config.ppc_draws, level, rng, config.metric_type)
+    if conversion:
+        rates = predictive.conversion_rates(exp, beta0, beta, rng)
+    elif config.method == "collapsed":
         rates = predictive.collapsed_rates(exp, beta0, beta, s, rng)
     else:
         rates = predictive.latent_rates(exp, beta0, beta, s, posterior.r, rng)
@@ -124,6 +137,7 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     sc = sampler  # the settings of the run kept
     diagnostics_row = {
         "method": config.method,
+        "metric_type": config.metric_type,
         "prior_preset": config.priors.preset,
         "num_chains": sc.num_chains,
         "num_warmup": sc.num_warmup,
@@ -155,7 +169,8 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         predictive_check=frame("predictive_check", ppc_rows),
         user_estimates=frame("user_estimates", user_rows),
         posterior_draws=frame("posterior_draws", pictures.trace_rows(posterior.draws, exp.variants)),
-        user_predictive=frame("user_predictive", pictures.user_predictive_rows(exp, rates, picture_rng)),
+        user_predictive=frame("user_predictive", pictures.user_predictive_rows(exp, rates, picture_rng,
+                                                                                  metric_type=config.metric_type)),
         rate_density=frame("rate_density", pictures.rate_density_rows(exp, rates, picture_rng)),
         posterior=posterior,
         data=exp,

@@ -21,7 +21,13 @@ Two model functions share the fixed effects:
   with its own quadrature rule and padded to a fixed size (padding has weight 0),
   so one compiled program serves every experiment of similar size.
 
-Both take arrays and ``cv_count=None``; with ``cv_count`` omitted the same
+A conversion metric (did the user do it at least once) has its own model,
+:func:`conversion_model`: ``converted_i ~ Bernoulli(logit^-1(beta0 + beta[g(i)]))``,
+with the same priors on beta0 (centred on the pooled log-odds) and beta (log-odds
+ratios). One observation per user carries no information on a per-user
+intercept, so there is none; users with equal (arm, converted) are one cell.
+
+All take arrays and ``cv_count=None``; with ``cv_count`` omitted the same
 function draws counts, which is what ``numpyro.infer.Predictive`` uses.
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from . import quadrature as q
-from .model_inputs import CellTier, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
+from .model_inputs import CellTier, ConversionCells, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
 
 
 S_MAX = 50.0  # sd of the per-user log-rate beyond which the density is 0 (see fixed_effects)
@@ -148,3 +154,17 @@ def latent_model(arm, log_exposure, prior: PriorArrays, cv_count=None):
         r = numpyro.sample("r", dist.Normal(0.0, s))
         mu = jnp.exp(beta0 + beta_full[arm] + r + log_exposure)
         numpyro.sample("cv_count", dist.Poisson(mu), obs=cv_count)
+
+
+def conversion_model(cells: ConversionCells, prior: PriorArrays, cv_count=None):
+    """Bernoulli with a logit link per arm over (arm, converted) cells; ``cv_count=None`` draws one user per cell."""
+    beta0 = numpyro.sample("beta0", dist.Normal(prior.beta0_loc, prior.beta0_scale))
+    with numpyro.plate("treatments", prior.beta_scale.shape[0]):
+        beta = numpyro.sample("beta", dist.Normal(0.0, prior.beta_scale))
+    beta_full = jnp.concatenate([jnp.zeros(1, beta.dtype), beta])
+    with numpyro.plate("cells", cells.arm.shape[0]):
+        d = dist.BernoulliLogits(beta0 + beta_full[cells.arm])
+        if cv_count is None:
+            numpyro.sample("cv_count", d)
+        else:
+            numpyro.factor("cv_count", jnp.where(cells.weight > 0, cells.weight * d.log_prob(cv_count), 0.0))

@@ -37,10 +37,14 @@ class CellTier(NamedTuple):
     log_wx: np.ndarray
 
 
-def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
-    """Resolve the priors for this data: ``beta0_loc=None`` centres on the pooled log rate."""
-    if priors.beta0_loc is None:
-        total = float((data.cell_users * data.cell_count).sum())
+def prior_arrays(priors: Priors, data: ExperimentData, metric_type: str = "count") -> PriorArrays:
+    """Resolve the priors for this data: ``beta0_loc=None`` centres on the pooled log rate (a
+    conversion metric: on the pooled log-odds of converting)."""
+    total = float((data.cell_users * data.cell_count).sum())
+    if priors.beta0_loc is None and metric_type == "conversion":
+        users = float(data.cell_users.sum())
+        loc = np.log((total + 0.5) / (users - total + 0.5))
+    elif priors.beta0_loc is None:
         exposure = float((data.cell_users * data.cell_exposure).sum())
         loc = np.log((total + 0.5) / exposure)
     else:
@@ -51,6 +55,26 @@ def prior_arrays(priors: Priors, data: ExperimentData) -> PriorArrays:
         beta_scale=np.full((data.num_arms - 1,), priors.beta_scale, np.float64),
         s_rate=np.asarray(priors.s_rate, np.float64),
     )
+
+
+class ConversionCells(NamedTuple):
+    """The cells of a conversion metric, (arm, converted 0/1) with their users, padded (weight 0)."""
+
+    arm: np.ndarray
+    weight: np.ndarray
+    converted: np.ndarray
+
+
+def conversion_cells(data: ExperimentData) -> ConversionCells:
+    """At most two cells per arm, padded to a size shared by experiments with a similar number of arms."""
+    size = _padded_size(data.n_cells, 4)
+    pad = size - data.n_cells
+
+    def padded(values, dtype):
+        return np.concatenate([values, np.zeros(pad)]).astype(dtype)
+
+    return ConversionCells(arm=padded(data.cell_arm, np.int32), weight=padded(data.cell_users, np.float64),
+                           converted=padded(data.cell_count, np.float64))
 
 
 # Every tier but the first (counts 0-2, by far the most quadrature nodes) holds at least this many

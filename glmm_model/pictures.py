@@ -40,7 +40,7 @@ def trace_rows(draws: dict, variants: tuple[str, ...], per_chain: int = TRACE_DR
     keep = thin(n_draws, per_chain, None)
     series = [("beta0", None, draws["beta0"])]
     series += [("beta", v, draws["beta"][:, :, k]) for k, v in enumerate(variants[1:])]
-    series += [("s", None, draws["s"])]
+    series += [("s", None, draws["s"])] if "s" in draws else []  # a conversion metric has no s
     rows = []
     for parameter, variant, values in series:
         for chain in range(values.shape[0]):
@@ -80,13 +80,15 @@ MAX_PICTURE_RATE = 1e15
 
 def user_predictive_rows(data: ExperimentData, rates: RateSamples, rng: np.random.Generator,
                          n_users: int = SAMPLE_USERS, draws: int = PREDICTIVE_DRAWS,
-                         max_bins: int = PREDICTIVE_MAX_BINS) -> list[dict]:
-    """Binned posterior predictive count distribution of the sampled users."""
+                         max_bins: int = PREDICTIVE_MAX_BINS, metric_type: str = "count") -> list[dict]:
+    """Binned posterior predictive count distribution of the sampled users (a conversion metric:
+    y_rep ~ Bernoulli(p), the rate being the user's probability of converting)."""
     cells, labels = sample_users(data, n_users)
     rows = []
     for k, (cell, label) in enumerate(zip(cells, labels)):
         # numpy's Poisson refuses rates above ~1e19: a rate that large is a count no picture can show
-        y_rep = rng.poisson(np.minimum(rates.resample(int(cell), draws, rng), MAX_PICTURE_RATE))
+        rate = rates.resample(int(cell), draws, rng)
+        y_rep = rng.binomial(1, rate) if metric_type == "conversion" else rng.poisson(np.minimum(rate, MAX_PICTURE_RATE))
         edges = _count_bins(y_rep, max_bins)
         counts, _ = np.histogram(y_rep, bins=edges)
         for j, n in enumerate(counts):

@@ -40,13 +40,16 @@ def trace_data(draws: pl.DataFrame):
     posterior = {
         "beta0": grid(draws.filter(pl.col("parameter") == "beta0")),
         "beta": np.stack([grid(beta.filter(pl.col("variant") == v)) for v in variants], axis=-1),
-        "s": grid(draws.filter(pl.col("parameter") == "s")),
     }
+    s = draws.filter(pl.col("parameter") == "s")
+    if s.height:  # a conversion metric has no s
+        posterior["s"] = grid(s)
     return az.from_dict(posterior=posterior, coords={"variant": variants}, dims={"beta": ["variant"]})
 
 
 def plot_trace(draws: pl.DataFrame, path: Path) -> None:
-    axes = az.plot_trace(trace_data(draws), var_names=["beta0", "beta", "s"], compact=True)
+    data = trace_data(draws)
+    axes = az.plot_trace(data, var_names=[v for v in ("beta0", "beta", "s") if v in data.posterior], compact=True)
     axes.ravel()[0].figure.tight_layout()
     axes.ravel()[0].figure.savefig(path, dpi=100)
     plt.close("all")

@@ -10,7 +10,9 @@ users share it:
   Normal centred at the conditional mode with 1.5x the Laplace scale, weighted by
   ``p(y, r | θ) / (L(y | θ) q(r))``.
 
-On the latent path the same quantities come straight from the r draws.
+On the latent path the same quantities come straight from the r draws. A
+conversion metric has no per-user intercept: every user of an arm has the arm's
+probability p_g, whose posterior draws are the cell's samples.
 
 The predictive check compares, per arm, the observed share of users in each
 count bin with the model's: for each thinned draw the arm's count distribution
@@ -99,6 +101,18 @@ def collapsed_rates(data, beta0, beta, s, rng) -> RateSamples:
     return RateSamples(mu=mu, weight=w, mean=mean)
 
 
+def conversion_rates(data, beta0, beta, rng) -> RateSamples:
+    """Per-cell conversion probabilities: each cell's users have their arm's p (draws thinned)."""
+    idx = thin(len(beta0), _SAMPLES_PER_CELL, rng)
+    p = conversion_probability(data, beta0[idx], beta[idx])  # (J, cells)
+    return RateSamples(mu=p.T.copy(), weight=np.full(p.T.shape, 1.0 / p.shape[0]), mean=p.mean(axis=0))
+
+
+def conversion_probability(data, beta0, beta) -> np.ndarray:
+    """p of each cell's arm, (draws, cells): logit^-1(beta0 + beta[arm])."""
+    return np.exp(-np.logaddexp(0.0, -cell_eta(data, beta0, beta)))
+
+
 def latent_rates(data, beta0, beta, s, r, rng) -> RateSamples:
     """Per-cell rate posteriors pooled from the latent path's per-user draws (draws, users)."""
     arm, count, exposure = data.per_user()
@@ -167,24 +181,35 @@ def _exposure_groups(data: ExperimentData, arm: int) -> tuple[np.ndarray, np.nda
     return centre, n[keep] / n.sum()
 
 
-def predictive_check(data, beta0, beta, s, n_draws: int, level: float, rng) -> tuple[list[dict], list[float]]:
-    """Rows of observed vs predicted share per arm x count bin, and each arm's p-value."""
-    edges = count_bins(data)
+def _count_pmf(data, arm: int, shift: np.ndarray, sd: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(draws, values): P(count = v) for a random user of ``arm`` (a mixture over its exposure groups)."""
+    log_e, share = _exposure_groups(data, arm)
+    eta = shift[:, None, None] + log_e[None, :, None]  # (J, groups, 1)
+    pmf = np.empty((len(shift), len(values)))
+    for start in range(0, len(values), _PMF_CHUNK):
+        chunk = values[start:start + _PMF_CHUNK]
+        log_p = q.log_marginal_tiered(chunk[None, None, :], eta, sd[:, None, None])
+        pmf[:, start:start + len(chunk)] = (np.exp(log_p) * share[None, :, None]).sum(axis=1)
+    return pmf
+
+
+def predictive_check(data, beta0, beta, s, n_draws: int, level: float, rng,
+                     metric_type: str = "count") -> tuple[list[dict], list[float]]:
+    """Rows of observed vs predicted share per arm x count bin, and each arm's p-value (a conversion
+    metric: the bins 'not converted' and 'converted', from p_g)."""
+    edges = np.array([0, 1]) if metric_type == "conversion" else count_bins(data)
     values = np.arange(edges[-1])
     bin_of = np.searchsorted(edges, values, side="right") - 1
     idx = thin(len(beta0), n_draws, rng)
-    b0, b, sd = beta0[idx], np.asarray(beta).reshape(len(beta0), -1)[idx], s[idx]
+    b0, b = beta0[idx], np.asarray(beta).reshape(len(beta0), -1)[idx]
     tail = (1.0 - level) / 2.0
     rows, p_values = [], []
     for arm, variant in enumerate(data.variants):
-        log_e, share = _exposure_groups(data, arm)
         shift = b0 + (b[:, arm - 1] if arm > 0 else 0.0)
-        eta = shift[:, None, None] + log_e[None, :, None]  # (J, groups, 1)
-        pmf = np.empty((len(idx), len(values)))  # (J, values)
-        for start in range(0, len(values), _PMF_CHUNK):
-            chunk = values[start:start + _PMF_CHUNK]
-            log_p = q.log_marginal_tiered(chunk[None, None, :], eta, sd[:, None, None])
-            pmf[:, start:start + len(chunk)] = (np.exp(log_p) * share[None, :, None]).sum(axis=1)
+        if metric_type == "conversion":
+            pmf = np.exp(-np.logaddexp(0.0, shift))[:, None]  # P(not converted) = 1 - p
+        else:
+            pmf = _count_pmf(data, arm, shift, s[idx], values)
         p_bins = np.zeros((len(idx), len(edges)))
         np.add.at(p_bins.T, bin_of, pmf.T)
         p_bins[:, -1] = np.clip(1.0 - p_bins[:, :-1].sum(axis=1), 0.0, 1.0)

@@ -37,7 +37,7 @@ import numpy as np
 from . import programs
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData
-from .model_inputs import cell_tiers, prior_arrays
+from .model_inputs import cell_tiers, conversion_cells, prior_arrays
 
 CHUNK = 100
 CHAINS_PER_GROUP = 2
@@ -74,12 +74,14 @@ def cancel_running() -> None:
 
 
 SUMMARY_SITES = ("beta0", "beta", "s")
+CONVERSION_SITES = ("beta0", "beta")  # the conversion model has no per-user spread
 FIXED_EFFECT_SITES = ("beta", "log_mean0", "s")  # the sampled (unconstrained) fixed-effect sites
 
 
 @dataclass(frozen=True)
 class Posterior:
-    """Posterior draws of (beta0, beta, s) with sampler statistics, and what it cost.
+    """Posterior draws of (beta0, beta, s) with sampler statistics, and what it cost (a conversion
+    metric: beta0 and beta, on the log-odds scale).
 
     ``draws``: ``beta0`` (chain, draw), ``beta`` (chain, draw, variant) and ``s``
     (chain, draw). ``stats``: ``diverging``, ``energy`` and ``n_steps`` (chain, draw).
@@ -104,7 +106,7 @@ class Posterior:
         import arviz as az
 
         return az.from_dict(
-            posterior={name: self.draws[name] for name in SUMMARY_SITES},
+            posterior={name: self.draws[name] for name in SUMMARY_SITES if name in self.draws},
             sample_stats={"diverging": self.stats["diverging"], "energy": self.stats["energy"],
                           "n_steps": self.stats["n_steps"]},
             coords={"variant": list(self.variants)},
@@ -342,9 +344,15 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
 
 
 def sample(data: ExperimentData, config: FitConfig) -> Posterior:
-    """Draw from the posterior with NUTS on the configured path."""
-    prior = prior_arrays(config.priors, data)
-    if config.method == "collapsed":
+    """Draw from the posterior with NUTS on the configured path (a conversion metric: its own model)."""
+    prior = prior_arrays(config.priors, data, config.metric_type)
+    mass_dim = data.num_arms + 1 if config.sampler.dense_mass else 0  # beta per treatment, log_mean0 and s
+    if config.metric_type == "conversion":
+        cells = conversion_cells(data)
+        model, args, kwargs = "conversion_model", (cells, prior), {"cv_count": cells.converted}
+        dense, sites = config.sampler.dense_mass, CONVERSION_SITES
+        mass_dim = data.num_arms if config.sampler.dense_mass else 0  # beta0 and beta per treatment
+    elif config.method == "collapsed":
         tiers = cell_tiers(data)
         model, args, kwargs = "collapsed_model", (tiers, prior), {"cv_count": tuple(t.cv_count for t in tiers)}
         dense, sites = config.sampler.dense_mass, SUMMARY_SITES
@@ -358,7 +366,6 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
         sites = SUMMARY_SITES + ("r",)
 
     started = time.perf_counter()
-    mass_dim = data.num_arms + 1 if config.sampler.dense_mass else 0  # beta per treatment, log_mean0 and s
     draws, stats = run_nuts(model, args, kwargs, config.sampler, _progress(config.sampler), dense, sites,
                             mass_dim=mass_dim)
     seconds = time.perf_counter() - started

@@ -7,9 +7,11 @@ Definitions (k: a treatment arm, c: the control; all per unit of exposure, i.e.
 per user when no exposure is given):
 
 * expected count per user in arm g: ``exp(beta0 + beta_g + s²/2)``, the mean of
-  the lognormal-Poisson rate.
-* relative lift ``exp(beta_k) - 1`` (ratio of arm means minus one);
-  absolute lift ``expected_k - expected_c``.
+  the lognormal-Poisson rate. A conversion metric: the probability of converting,
+  ``p_g = logit^-1(beta0 + beta_g)``.
+* relative lift ``exp(beta_k) - 1`` (ratio of arm means minus one; a conversion
+  metric: ``p_k / p_c - 1``); absolute lift ``expected_k - expected_c``.
+* a guardrail with a tolerated relative drop d: ``prob_drop_beyond_tolerance = P(lift < -d)``.
 * ``prob_beat_control = P(lift > 0)``;
   ``expected_loss_ship = E[max(0, -lift)]`` (relative lift given up if we ship and
   the treatment is worse); ``expected_loss_keep = E[max(0, lift)]``;
@@ -49,7 +51,7 @@ def posterior_summary(draws: dict, variants: tuple[str, ...], level: float) -> l
     ``draws``: parameter name -> (chain, draw) array, or (chain, draw, variant) for 'beta'.
     """
     rows = []
-    for name in POSTERIOR_PARAMETERS:
+    for name in (p for p in POSTERIOR_PARAMETERS if p in draws):  # a conversion metric has no s
         for variant, by_chain in _columns(np.asarray(draws[name]), variants):
             d = by_chain.ravel()
             low, high = interval(d, level)
@@ -186,6 +188,7 @@ def decide(prob_beat: float, prob_in_rope: float, failures: list[str], rules: De
 def best_arm(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """P(best) and the expected loss against the best, per arm (control first), from the joint draws.
 
+    ``beta``: the log of each treatment's mean over the control's (draws, treatments).
     Arm k's mean is the control's times ``exp(beta_k)`` (the control's ratio is 1), so over
     draws: P(best_k) = P(ratio_k is the largest) and the expected loss of choosing k is
     E[max_j ratio_j - ratio_k], in units of the control's mean (the relative lift given up). With
@@ -208,12 +211,19 @@ def lift_rows(
     rules: DecisionRules,
     failures: list[str],
     observed_rate: np.ndarray | None = None,
+    metric_type: str = "count",
+    tolerated_drop: float | None = None,
 ) -> list[dict]:
     """One row per treatment arm against the control (arm 0). ``beta`` is (draws, treatments).
-    ``observed_rate``: counts per unit of exposure per arm (``observed_mean`` when none is used)."""
+    ``observed_rate``: counts per unit of exposure per arm (``observed_mean`` when none is used).
+    A conversion metric (``s`` unused): ``beta0`` and ``beta`` are log-odds."""
     observed_rate = observed_mean if observed_rate is None else observed_rate
     beta = np.asarray(beta).reshape(len(beta0), -1)
-    log_base = beta0 + 0.5 * s**2
+    if metric_type == "conversion":
+        log_base = -np.logaddexp(0.0, -beta0)  # log p_control
+        beta = -np.logaddexp(0.0, -(beta0[:, None] + beta)) - log_base[:, None]  # log(p_k / p_control)
+    else:
+        log_base = beta0 + 0.5 * s**2
     expected_control = np.exp(log_base)
     ec_low, ec_high = interval(expected_control, level)
     prob_best, loss_vs_best = best_arm(beta)
@@ -261,6 +271,8 @@ def lift_rows(
                 "expected_loss_vs_best_control": float(loss_vs_best[0]),
                 "decision": decision,
                 "decision_reason": reason,
+                "tolerated_drop": tolerated_drop,
+                "prob_drop_beyond_tolerance": None if tolerated_drop is None else float(np.mean(lift < -tolerated_drop)),
             }
         )
     return rows

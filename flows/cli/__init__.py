@@ -1,6 +1,7 @@
 """The ``glmm-ab`` command line: one parser, commands imported only when they run.
 
-    glmm-ab fit INPUT --control NAME [--split A=0.9,B=0.1] [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
+    glmm-ab fit INPUT --control NAME [--split A=0.9,B=0.1] [--metric-type count|conversion|ratio]
+                [--tolerated-drop F] [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
     glmm-ab demo [--warehouse PATH] [--force] [run options]
     glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [run options]
     glmm-ab backfill --from DATE --to DATE [--warehouse PATH] [run options]
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, metavar="VARIANT=WEIGHT,...",
                    help="planned traffic split for the sample-ratio check, e.g. control=0.9,treatment=0.1 "
                         "(weights normalised; default an equal split)")
+    p.add_argument("--metric-type", default="count", choices=("count", "conversion", "ratio"),
+                   help="count: events per user (default); conversion: users with cv_count > 0 converted "
+                        "(a Bernoulli model, exposure unused); ratio: cv_count numerator events per 'exposure' "
+                        "denominator events (required)")
+    p.add_argument("--tolerated-drop", type=float, default=None, metavar="FRACTION",
+                   help="a guardrail's tolerated relative drop (0.02: 2%%): report P(lift < -FRACTION)")
     p.add_argument("--plots-dir", default=None, help="write trace, user_predictive and rate_density PNGs here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 

@@ -1,10 +1,12 @@
 """``glmm-ab fit``: one experiment from a file, through the engine alone (no Prefect, no dbt).
 
-    glmm-ab fit INPUT --control NAME [--method collapsed|latent] [--priors default|article]
+    glmm-ab fit INPUT --control NAME [--metric-type count|conversion|ratio] [--tolerated-drop F]
+                [--method collapsed|latent] [--priors default|article]
                 [--seed N] [--chains N --warmup N --samples N] [--plots-dir DIR] [--json]
 
 INPUT is CSV or Parquet with ``variant``, ``cv_count`` and optionally ``exposure``,
-``user_id`` (one row per user) or ``n_users`` (rows already counted). Bad input
+``user_id`` (one row per user) or ``n_users`` (rows already counted); a ratio metric
+has its denominator events in ``exposure``. Bad input
 exits with code 2 and writes nothing. ``--plots-dir`` draws the three pictures
 from the fit's result tables.
 """
@@ -22,6 +24,7 @@ LIFT_COLUMNS = [
     "relative_lift_median", "relative_lift_low", "relative_lift_high",
     "prob_beat_control", "prob_best", "expected_loss_ship", "prob_in_rope", "decision",
 ]
+GUARDRAIL_COLUMNS = ["tolerated_drop", "prob_drop_beyond_tolerance"]
 
 
 def read_table(path: str):
@@ -57,12 +60,13 @@ def print_result(result, plots: dict[str, str], out=sys.stdout) -> None:
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, float_precision=4,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print("Lift against control", result.data.control, file=out)
-        print(result.lift.select(LIFT_COLUMNS), file=out)
+        guardrail = GUARDRAIL_COLUMNS if result.config.tolerated_drop is not None else []
+        print(result.lift.select(LIFT_COLUMNS + guardrail), file=out)
         print("\nPosterior summary (equal-tailed {:.0%} intervals)".format(result.config.ci_level), file=out)
         print(result.posterior_summary, file=out)
     d = result.diagnostics.row(0, named=True)
     print(
-        f"\nDiagnostics: {d['method']}, {d['num_chains']} chains x ({d['num_warmup']} warmup + {d['num_samples']} draws); "
+        f"\nDiagnostics: {d['metric_type']} metric, {d['method']}, {d['num_chains']} chains x ({d['num_warmup']} warmup + {d['num_samples']} draws); "
         f"divergences {d['divergences']}, max R-hat {d['max_r_hat']:.3f}, min ESS bulk/tail "
         f"{d['min_ess_bulk']:.0f}/{d['min_ess_tail']:.0f}, BFMI {d['min_bfmi']:.2f}, "
         f"SRM p {d['srm_p_value']:.3g} against the split {_split_text(d['planned_split'])}, "
@@ -112,6 +116,8 @@ def cmd_fit(args) -> int:
             ),
             ci_level=args.ci_level,
             planned_split=parse_split(args.split),
+            metric_type=args.metric_type,
+            tolerated_drop=args.tolerated_drop,
         )
     except ValueError as exc:  # settings out of range (chains, draws, seed, interval level, split)
         raise CliError(str(exc)) from exc
