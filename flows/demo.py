@@ -1,6 +1,10 @@
 """Synthetic raw logs for ``glmm-ab demo``, following the raw contract.
 
-Three experiments (one with three arms) and two metrics. Per-user counts follow
+Three experiments (one with three arms), two event names and four metrics over them:
+purchases (a count, the primary metric), add_to_cart (a count, a guardrail that may
+drop 5%), converted (did the user purchase at all: a conversion metric) and
+purchases_per_cart (a ratio). The checkout button's buy-now path lifts purchases but
+takes users past the cart, so its guardrail has something to catch. Per-user counts follow
 the source article's data-generating process, NegBin(n=10, p=1/(1+intensity)),
 with intensity = base x (1 + lift) per arm; event times are spread over the
 user's window, over several weeks. A few dirty rows, as real logs have:
@@ -28,14 +32,25 @@ class DemoExperiment:
     users: int
     start_days_ago: int
     length_days: int | None  # None: still running
+    event_lifts: dict[str, dict[str, float]] | None = None  # event name -> arm -> lift, where it differs
+
+    def lift(self, event_name: str, variant: str) -> float:
+        return (self.event_lifts or {}).get(event_name, self.lifts)[variant]
 
 
 EXPERIMENTS = (
-    DemoExperiment("checkout_button", "control", {"control": 0.0, "treatment": 0.25}, 400, 35, 28),
+    DemoExperiment("checkout_button", "control", {"control": 0.0, "treatment": 0.25}, 400, 35, 28,
+                   {"add_to_cart": {"control": 0.0, "treatment": -0.15}}),
     DemoExperiment("onboarding_flow", "control", {"control": 0.0, "short_form": 0.15, "video_intro": -0.10}, 600, 21, None),
     DemoExperiment("pricing_copy", "old_copy", {"old_copy": 0.0, "new_copy": 0.0}, 300, 14, None),
 )
-METRICS = {"purchases": ("purchase", 0.3), "add_to_cart": ("add_to_cart", 1.0)}  # event name, base intensity
+EVENTS = {"purchase": 0.3, "add_to_cart": 1.0}  # event name -> base intensity
+METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_event, role, tolerated_drop
+    ("purchases", "purchase", "count", None, "primary", None),
+    ("add_to_cart", "add_to_cart", "count", None, "guardrail", 0.05),
+    ("converted", "purchase", "conversion", None, "secondary", None),
+    ("purchases_per_cart", "purchase", "ratio", "add_to_cart", "secondary", None),
+)
 
 
 def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]:
@@ -63,8 +78,8 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                 if later < window_end:
                     assignments.append((exp.experiment_id, user, variant, later))
             window = (window_end - first_seen[i]).total_seconds()
-            for metric, (event_name, base) in METRICS.items():
-                intensity = base * (1.0 + exp.lifts[variant])
+            for event_name, base in EVENTS.items():
+                intensity = base * (1.0 + exp.lift(event_name, variant))
                 (n,) = article_counts(rng, 1, intensity - 1.0)
                 for t in rng.uniform(0, window, n):
                     event_seq += 1
@@ -84,7 +99,9 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
     ts = pl.Datetime("us")
     return {
         "experiments": pl.DataFrame(experiments, schema={"experiment_id": pl.String, "control_variant": pl.String, "start_at": ts, "end_at": ts}, orient="row"),
-        "metrics": pl.DataFrame([(m, e) for m, (e, _) in METRICS.items()], schema={"metric_id": pl.String, "event_name": pl.String}, orient="row"),
+        "metrics": pl.DataFrame(list(METRICS), schema={"metric_id": pl.String, "event_name": pl.String, "metric_type": pl.String,
+                                                       "denominator_event": pl.String, "role": pl.String,
+                                                       "tolerated_drop": pl.Float64}, orient="row"),
         "assignments": pl.DataFrame(assignments, schema={"experiment_id": pl.String, "user_id": pl.String, "variant": pl.String, "assigned_at": ts}, orient="row"),
         "events": pl.DataFrame(events, schema={"event_id": pl.String, "user_id": pl.String, "event_name": pl.String, "event_at": ts}, orient="row"),
     }

@@ -138,7 +138,8 @@ def fit_pair(pair: PairHistogram, options: RunOptions) -> dict[str, pl.DataFrame
     configure()  # once per process: this may be a task-runner worker
     if stopping.requested():  # the run is stopping: pairs still queued do not start
         raise FitCancelled("the run is stopping")
-    config = options.fit_config(pair.experiment_id, pair.metric_id, pair.planned_split)
+    config = options.fit_config(pair.experiment_id, pair.metric_id, pair.planned_split, pair.metric_type,
+                                pair.tolerated_drop)
     result = fit(pair.histogram, pair.control_variant, config)
     keys = [pl.lit(pair.experiment_id).alias("experiment_id"), pl.lit(pair.metric_id).alias("metric_id")]
     return {name: table.select(*keys, pl.all()) for name, table in result.tables().items()}

@@ -112,13 +112,17 @@ class RunOptions:
         """The statistical settings, as ``glmm.runs.config`` records them."""
         return {k: getattr(self, k) for k in self.STATISTICAL}
 
-    def fit_config(self, experiment_id: str, metric_id: str, planned_split=None):
+    def fit_config(self, experiment_id: str, metric_id: str, planned_split=None, metric_type: str = "count",
+                   tolerated_drop: float | None = None):
         """The engine's :class:`glmm_model.FitConfig` for one pair (its own seed, no progress bar,
-        the experiment's planned traffic split: None for an equal one)."""
+        the experiment's planned traffic split: None for an equal one; the metric's type and a
+        guardrail's tolerated drop). A conversion metric has no per-user intercept: always 'collapsed'."""
         from glmm_model import FitConfig, Priors, SamplerConfig
 
         return FitConfig(
-            method=self.method,
+            method="collapsed" if metric_type == "conversion" else self.method,
+            metric_type=metric_type,
+            tolerated_drop=tolerated_drop,
             priors=Priors.from_preset(self.priors),
             sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
                                   num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),

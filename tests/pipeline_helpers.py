@@ -63,3 +63,15 @@ def debian_package(command: str, package: str) -> str:
         path = shutil.which(command)
     assert path, f"{command} is not on PATH after installing Debian's {package}"
     return path
+
+
+def expected_decision(latest: pl.DataFrame, experiment_id: str, variant: str) -> tuple[str, bool]:
+    """The demo's experiment-level decision for one arm, recomputed from rpt_experiment_results_latest
+    (purchases primary, add_to_cart a guardrail, threshold 0.1), and whether its guardrail passes."""
+    arm = latest.filter((pl.col("experiment_id") == experiment_id) & (pl.col("variant") == variant))
+    primary = arm.filter(pl.col("metric_id") == "purchases").row(0, named=True)
+    guard = arm.filter(pl.col("metric_id") == "add_to_cart").row(0, named=True)
+    guard_ok = guard["decision"] != "invalid" and guard["prob_drop_beyond_tolerance"] < 0.1
+    decision = {"invalid": "invalid", "keep_control": "keep_control", "inconclusive": "inconclusive",
+                "ship": "ship" if guard_ok else "blocked_by_guardrail"}[primary["decision"]]
+    return decision, guard_ok

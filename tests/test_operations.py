@@ -41,7 +41,7 @@ def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_new
     lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
     assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
-    assert history.height == 8 and set(history["run_id"]) == {again.run_id}  # one answer for that night
+    assert history.height == 16 and set(history["run_id"]) == {again.run_id}  # one answer for that night
     # the old night finished last, but the latest answer stays at the newest as-of (the demo's second run)
     newest = demo_run[2].run_id
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")

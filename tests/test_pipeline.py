@@ -12,16 +12,16 @@ import pytest
 from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
 
-from pipeline_helpers import EXE, small, copy_warehouse, sql  # noqa: E402
+from pipeline_helpers import EXE, small, copy_warehouse, expected_decision, sql  # noqa: E402
 
 
 def test_demo_run_writes_every_result_table_with_its_types(demo_run):
     path, first, _ = demo_run
     assert first.status == "succeeded" and first.failures.height == 0
     pairs = sql(path, "SELECT DISTINCT experiment_id, metric_id FROM glmm.lift WHERE run_id = ?", [first.run_id])
-    assert pairs.height == 6  # 3 experiments x 2 metrics
+    assert pairs.height == 12  # 3 experiments x 4 metrics
     lift = sql(path, "SELECT * FROM glmm.lift WHERE run_id = ?", [first.run_id])
-    assert lift.height == 8  # one row per treatment arm: 1 + 2 + 1 arms, for 2 metrics
+    assert lift.height == 16  # one row per treatment arm: 1 + 2 + 1 arms, for 4 metrics
     assert set(lift["decision"]) <= {"ship", "keep_control", "inconclusive", "invalid"}
     for table, schema in SCHEMAS.items():
         types = dict(sql(path, "SELECT column_name, data_type FROM information_schema.columns "
@@ -35,7 +35,7 @@ def test_demo_run_writes_every_result_table_with_its_types(demo_run):
     assert run["status"] == "succeeded" and run["package_version"] and '"num_chains": 2' in run["config"]
     assert run["started_at"] <= run["finished_at"]
     # the three pictures of every pair
-    assert len(first.plots) == 6
+    assert len(first.plots) == 12
     assert all(Path(p).stat().st_size > 10_000 for paths in first.plots.values() for p in paths.values())
 
 
@@ -65,16 +65,59 @@ def test_dirty_rows_are_handled_by_the_models(demo_run):
     assert excluded["n"][0] == 0
     # every metric for every exposed, conflict-free user; zeros included
     counts = sql(path, "SELECT experiment_id, count(*) AS n, min(cv_count) AS lo FROM fct_user_cv_counts GROUP BY ALL ORDER BY 1")
-    assert counts["n"].to_list() == [2 * 398, 2 * 598, 2 * 298]
-    # the histogram holds exactly the users of fct_user_cv_counts
-    assert sql(path, "SELECT sum(n_users) AS n FROM fct_cv_count_histogram")["n"][0] == counts["n"].sum()
+    assert counts["n"].to_list() == [4 * 398, 4 * 598, 4 * 298]
+    # the histogram holds exactly the users of fct_user_cv_counts, but a ratio metric's users without a
+    # denominator event (a rate per cart says nothing about a user with no cart)
+    no_denominator = sql(path, "SELECT count(*) AS n FROM fct_user_cv_counts WHERE denominator_count = 0")["n"][0]
+    assert sql(path, "SELECT sum(n_users) AS n FROM fct_cv_count_histogram")["n"][0] == counts["n"].sum() - no_denominator
+
+
+def test_conversion_and_ratio_metrics_run_and_a_guardrail_decides_at_the_experiment_level(demo_run):
+    """The demo's metrics are of every type and role: each is fitted with its own model, and
+    rpt_experiment_decisions applies the ship rule (every primary says ship, no guardrail may drop beyond
+    its tolerance), recomputed here from the latest results and the roles."""
+    path, _, second = demo_run
+    types = dict(sql(path, "SELECT metric_id, metric_type FROM glmm.diagnostics WHERE run_id = ?",
+                     [second.run_id]).unique().iter_rows())
+    assert types == {"purchases": "count", "add_to_cart": "count", "converted": "conversion",
+                     "purchases_per_cart": "ratio"}
+    users = sql(path, "SELECT metric_id, max(cv_count) AS top, count(denominator_count) AS with_denominator, "
+                      "count(*) AS n FROM fct_user_cv_counts GROUP BY 1")
+    users = {r["metric_id"]: r for r in users.iter_rows(named=True)}
+    assert users["converted"]["top"] == 1 and users["purchases"]["top"] > 1
+    assert users["purchases_per_cart"]["with_denominator"] == users["purchases_per_cart"]["n"]
+    assert users["purchases"]["with_denominator"] == 0
+    # a conversion fit has no per-user spread; a ratio fit has its denominators as exposure
+    summary = sql(path, "SELECT metric_id, parameter FROM glmm.posterior_summary WHERE run_id = ?", [second.run_id])
+    assert "s" not in summary.filter(pl.col("metric_id") == "converted")["parameter"].to_list()
+    exposure = sql(path, "SELECT max(exposure) AS top FROM glmm.user_estimates WHERE run_id = ? "
+                         "AND metric_id = 'purchases_per_cart'", [second.run_id])["top"][0]
+    assert exposure > 1
+
+    latest = sql(path, "SELECT * FROM rpt_experiment_results_latest")
+    guardrail = latest.filter(pl.col("metric_id") == "add_to_cart")
+    assert guardrail["tolerated_drop"].to_list() == [0.05] * 4
+    assert latest.filter(pl.col("metric_id") != "add_to_cart")["prob_drop_beyond_tolerance"].null_count() == 12
+    decisions = sql(path, "SELECT * FROM rpt_experiment_decisions ORDER BY experiment_id, variant")
+    assert decisions.height == 4  # one per experiment x treatment
+    for d in decisions.iter_rows(named=True):
+        expected, guard_ok = expected_decision(latest, d["experiment_id"], d["variant"])
+        primary = latest.filter((pl.col("experiment_id") == d["experiment_id"]) & (pl.col("variant") == d["variant"])
+                                & (pl.col("metric_id") == "purchases")).row(0, named=True)
+        assert d["decision"] == expected, d
+        assert d["primary_metric_id"] == "purchases" and d["primary_relative_lift_mean"] == primary["relative_lift_mean"]
+        assert d["guardrail_status"] in ({"ok"} if guard_ok else {"breached", "unchecked"}), d
+    # the checkout button's planted 15% drop in carts: its guardrail cannot pass
+    checkout = decisions.filter(pl.col("experiment_id") == "checkout_button").row(0, named=True)
+    assert checkout["guardrail_status"] in {"breached", "unchecked"} and checkout["decision"] != "ship"
+    assert checkout["days_running"] == 28.0  # an ended experiment: start to end
 
 
 def test_health_report_flags_the_planted_assignment_conflicts(demo_run):
     path, _, second = demo_run
     health = sql(path, "SELECT * FROM rpt_experiment_health ORDER BY experiment_id, metric_id")
-    assert health.height == 6 and health["run_id"].unique().to_list() == [second.run_id]
-    assert health["n_assignment_conflicts"].to_list() == [2] * 6  # the demo plants two per experiment
+    assert health.height == 12 and health["run_id"].unique().to_list() == [second.run_id]
+    assert health["n_assignment_conflicts"].to_list() == [2] * 12  # the demo plants two per experiment
     for row in health.iter_rows(named=True):  # short test chains may miss R-hat <= 1.01: then 'failed'
         assert row["health_status"] == ("warning" if row["converged"] else "failed"), row
     assert all("2 user(s) in more than one variant" in r for r in health["health_reasons"])
@@ -89,7 +132,7 @@ def test_second_run_adds_a_run_and_latest_picks_it(demo_run):
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
     assert latest["run_id"].to_list() == [second.run_id]
     history = sql(path, "SELECT run_id, count(*) AS n FROM rpt_lift_history GROUP BY run_id ORDER BY run_id")
-    assert history["n"].to_list() == [8, 8]
+    assert history["n"].to_list() == [16, 16]
     # each runs row says where its night went, stage by stage, up to its own writing
     stages = sql(path, "SELECT run_id, CAST(stage_seconds AS VARCHAR) AS s FROM glmm.runs WHERE run_id IN (?, ?)",
                  [first.run_id, second.run_id])
@@ -150,7 +193,7 @@ def test_failing_dbt_test_stops_the_run_before_any_write(demo_run, nightly, tmp_
     assert failed["status"] == "failed" and "unique" in failed["message"]
     assert list(json.loads(failed["stages"])) == ["dbt"]  # the stage it failed in
     # earlier results still there and the latest view still answers from them
-    assert sql(path, "SELECT count(*) AS n FROM rpt_experiment_results_latest")["n"][0] == 8
+    assert sql(path, "SELECT count(*) AS n FROM rpt_experiment_results_latest")["n"][0] == 16
 
 
 def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
@@ -183,6 +226,21 @@ def test_a_warehouse_filled_by_hand_per_the_raw_contract(nightly, tmp_path):
     assert exp1["health_status"] == ("warning" if exp1["converged"] else "failed"), exp1
     assert exp1["hours_since_last_event"] > 48 and "no new events" in exp1["health_reasons"]
     assert exp1["n_assignment_conflicts"] == 0
+    # raw.metrics without the optional columns: a count metric, primary, so the experiment's decision is its own
+    decision = sql(path, "SELECT * FROM rpt_experiment_decisions").row(0, named=True)
+    assert decision["experiment_id"] == "exp1" and decision["primary_metric_id"] == "signups"
+    assert decision["decision"] == row["decision"] and decision["guardrail_status"] == "none"
+
+
+def test_a_bad_metric_definition_stops_the_run_before_fitting_and_names_it(demo_run, nightly, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE raw.metrics SET denominator_event = NULL WHERE metric_type = 'ratio'")
+    con.close()
+    with pytest.raises(Exception, match="ratio_metric_names_its_denominator_event"):
+        nightly(warehouse=str(path), options=small())
+    failed = sql(path, "SELECT status, message FROM glmm.runs ORDER BY finished_at DESC LIMIT 1").row(0, named=True)
+    assert failed["status"] == "failed" and "ratio_metric_names_its_denominator_event" in failed["message"]
 
 
 def test_dbt_unit_and_structural_tests_of_the_models_pass(demo_run, tmp_path):
@@ -252,7 +310,7 @@ def test_any_warehouse_file_name_works(nightly, tmp_path):
 
     path = make_demo(tmp_path / "glmm" / "glmm.duckdb")
     report = nightly(warehouse=str(path), options=small(publish_results=False))
-    assert report.status == "succeeded" and report.lift.height == 8
+    assert report.status == "succeeded" and report.lift.height == 16
     warehouse = open_warehouse(path)
     assert warehouse.has_run(report.run_id) and warehouse.recent_runs(5)["status"].to_list() == ["succeeded"]
-    assert warehouse.experiment_health().height == 6
+    assert warehouse.experiment_health().height == 12

@@ -93,7 +93,7 @@ def test_duckdb_1_0_opens_the_published_copy_and_its_parquet(demo_run, old_duckd
     """, old_duckdb)
     assert proc.returncode == 0, proc.stderr
     run_id, latest, draws, history = proc.stdout.split()
-    assert run_id == second.run_id and int(latest) == 8 and int(history) == 16
+    assert run_id == second.run_id and int(latest) == 16 and int(history) == 32
     assert int(draws) == sql(path, "SELECT count(*) AS n FROM glmm.posterior_draws")["n"][0]
 
 
@@ -120,10 +120,10 @@ def test_a_reader_holding_the_published_file_never_fails_the_run(demo_run, night
     finally:
         reader.kill()
     assert reader.returncode == 0, err
-    assert out.strip() == "('before', 16)"  # its open connection still reads the old file, whole
+    assert out.strip() == "('before', 32)"  # its open connection still reads the old file, whole
     assert sql(bi, "SELECT run_id FROM bi_publication")["run_id"][0] == report.run_id  # a new one reads the new
-    assert sql(bi, "SELECT count(*) AS n FROM rpt_lift_history")["n"][0] == 24
-    assert before.rows["main.rpt_lift_history"] == 16
+    assert sql(bi, "SELECT count(*) AS n FROM rpt_lift_history")["n"][0] == 48
+    assert before.rows["main.rpt_lift_history"] == 32
 
 
 def test_a_failed_publish_leaves_the_results_and_the_old_copy(demo_run, nightly, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, debian_package, small, sql
+from pipeline_helpers import EXE, SMALL_FLOW, copy_warehouse, debian_package, expected_decision, small, sql
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[spark]')")
 pytest.importorskip("dbt.adapters.spark", reason="the spark extra is not installed (pip install -e '.[spark]')")
@@ -58,17 +58,24 @@ def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
     duck, duck_report, spark_dir, bi, output = spark_run
     assert "raw.events" in output and "succeeded" in output
     assert duck_report.status == "succeeded" and duck_report.failures.height == 0
-    order = "ORDER BY experiment_id, metric_id, variant, cv_count, exposure_days_cell"
+    order = "ORDER BY experiment_id, metric_id, variant, cv_count, exposure_days_cell, denominator_count"
     histogram = f"SELECT * FROM main.fct_cv_count_histogram {order}"
     on_duckdb, on_spark = sql(duck, histogram), sql(bi, histogram)
     assert on_duckdb.height > 0 and on_duckdb.equals(on_spark)
     lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift ORDER BY experiment_id, metric_id, variant"
     duck_lift = sql(duck, lift.replace("FROM glmm.lift", "FROM glmm.lift WHERE run_id = ?"), [duck_report.run_id])
     spark_lift = sql(bi, lift)
-    assert duck_lift.height == 8 and duck_lift.equals(spark_lift.select(duck_lift.columns))
+    assert duck_lift.height == 16 and duck_lift.equals(spark_lift.select(duck_lift.columns))
+    # the experiment-level decisions, built on Spark (listagg, concat and datediff in its dialect), follow the rule
+    latest = sql(bi, "SELECT * FROM main.rpt_experiment_results_latest")
+    decisions = sql(bi, "SELECT * FROM main.rpt_experiment_decisions ORDER BY experiment_id, variant")
+    assert decisions.height == 4
+    for d in decisions.iter_rows(named=True):
+        assert d["decision"] == expected_decision(latest, d["experiment_id"], d["variant"])[0], d
+        assert d["decision_reason"] and (d["guardrails_failing"] is None) == (d["guardrail_status"] == "ok"), d
     # the report models ran on Spark too, and the BI copy names the Spark warehouse
     latest = sql(bi, "SELECT count(*) AS n FROM main.rpt_experiment_results_latest")
-    assert latest["n"][0] == 8
+    assert latest["n"][0] == 16
     assert sql(bi, "SELECT source_warehouse FROM main.bi_publication")["source_warehouse"][0] == f"spark:{spark_dir}"
     stages = sql(bi, "SELECT stage_seconds FROM glmm.runs")["stage_seconds"]  # where the Spark night went
     assert stages.len() == 1 and list(json.loads(stages[0])) == ["dbt", "load", "fit"]

@@ -100,7 +100,7 @@ def test_the_wheel_runs_the_demo_from_a_folder_outside_the_repository(fresh_inst
     for path in [*found["modules"], found["dbt_project"], found["profiles"], found["dashboard"]]:
         assert path.startswith(site) and not path.startswith(str(ROOT)), path
     assert found["runs"] == [["succeeded"]]
-    assert len(found["latest"]) == 8  # 3 experiments (one with 3 arms) x 2 metrics: 8 treatment rows
+    assert len(found["latest"]) == 16  # 3 experiments (one with 3 arms) x 4 metrics: 16 treatment rows
     assert {row[4] for row in found["latest"]} <= {"ship", "keep_control", "inconclusive", "invalid"}
     # the pictures were drawn by the caller, from the result tables, beside the warehouse
-    assert len(list((user_folder / "warehouse" / "plots").rglob("trace.png"))) == 6
+    assert len(list((user_folder / "warehouse" / "plots").rglob("trace.png"))) == 12

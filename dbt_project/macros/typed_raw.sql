@@ -46,3 +46,24 @@
         {%- endif %} as {{ name }}{{ "," if not loop.last }}
     {%- endfor %}
 {%- endmacro %}
+
+{#- An optional raw column as the models read it: the column, typed (text trimmed and lower-cased
+    when `lower`), or `default` when the warehouse's table does not have it (a raw table written
+    before the column existed keeps working). -#}
+{% macro optional_raw_column(relation, column, kind, default) -%}
+    {%- set found = namespace(present=false) -%}
+    {%- if execute -%}
+        {%- for c in adapter.get_columns_in_relation(relation) -%}
+            {%- if c.name | lower == column | lower -%}{%- set found.present = true -%}{%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {%- if not found.present -%}
+        {{ default }}
+    {%- elif kind == 'lower' -%}
+        coalesce(lower(trim(cast({{ column }} as {{ dbt.type_string() }}))), {{ default }})
+    {%- elif kind == 'double' -%}
+        cast({{ column }} as {{ type_double() }})
+    {%- else -%}
+        cast({{ column }} as {{ dbt.type_string() }})
+    {%- endif -%}
+{%- endmacro %}

@@ -47,14 +47,21 @@ def parse_as_of(text: str | None) -> datetime | None:
 
 def print_lift(report, out=sys.stdout) -> None:
     print(f"\nRun {report.run_id} ({report.status}) as of {report.as_of:%Y-%m-%d %H:%M}", file=out)
-    header = f"{'experiment':<18} {'metric':<12} {'variant (vs control)':<28} {'users':>11}  {'lift, median [95% CI]':<26} {'P(beat)':>7}  decision"
+    rows = list(report.lift.iter_rows(named=True))
+    # columns as wide as their longest value
+    e_w = max([18] + [len(r["experiment_id"]) for r in rows])
+    m_w = max([12] + [len(r["metric_id"]) for r in rows])
+    a_w = max([28] + [len(f"{r['variant']} (vs {r['control_variant']})") for r in rows])
+    header = (f"{'experiment':<{e_w}} {'metric':<{m_w}} {'variant (vs control)':<{a_w}} {'users':>11}  "
+              f"{'lift, median [95% CI]':<26} {'P(beat)':>7}  decision")
     print(header, file=out)
     print("-" * len(header), file=out)
-    for r in report.lift.iter_rows(named=True):
+    for r in rows:
         arms = f"{r['variant']} (vs {r['control_variant']})"
         users = f"{r['n_users']}/{r['n_users_control']}"
         lift = f"{r['relative_lift_median']:+6.1%} [{r['relative_lift_low']:+6.1%}, {r['relative_lift_high']:+6.1%}]"
-        print(f"{r['experiment_id']:<18} {r['metric_id']:<12} {arms:<28} {users:>11}  {lift:<26} {r['prob_beat_control']:>7.3f}  {r['decision']}", file=out)
+        print(f"{r['experiment_id']:<{e_w}} {r['metric_id']:<{m_w}} {arms:<{a_w}} {users:>11}  {lift:<26} "
+              f"{r['prob_beat_control']:>7.3f}  {r['decision']}", file=out)
     for r in report.failures.iter_rows(named=True):
         print(f"not fitted: {r['experiment_id']} x {r['metric_id']}: {r['error']}", file=out)
     if report.message:

@@ -52,14 +52,18 @@ class PublishError(RuntimeError):
 @dataclass(frozen=True)
 class PairHistogram:
     """One experiment x metric as the engine reads it: ``histogram`` has
-    ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it);
-    ``planned_split`` is the experiment's declared traffic split, if any."""
+    ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it, or the
+    denominator's events of a ratio metric); ``planned_split`` is the experiment's declared
+    traffic split, if any; ``metric_type`` and ``tolerated_drop`` (a guardrail's) come from the
+    metric's definition."""
 
     experiment_id: str
     metric_id: str
     control_variant: str
     histogram: "pl.DataFrame"
     planned_split: tuple[tuple[str, float], ...] | None = None  # raw.variants' (variant, weight); None: equal
+    metric_type: str = "count"
+    tolerated_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -164,20 +168,50 @@ class Warehouse(Protocol):
         """Remove the warehouse and everything in it (the demo's ``--force``)."""
 
 
-def histogram_pairs(rows: "pl.DataFrame", planned_rows) -> list[PairHistogram]:
-    """The pairs of one histogram query (rows ordered by experiment and metric, with ``experiment_id``,
-    ``metric_id``, ``control_variant`` and the histogram's columns) and the planned splits
+HISTOGRAM_SQL = """
+    SELECT h.experiment_id, h.metric_id, e.control_variant, m.metric_type,
+           CASE WHEN m.role = 'guardrail' THEN COALESCE(m.tolerated_drop, 0.0) END AS tolerated_drop,
+           h.variant, h.cv_count,
+           CAST(CASE WHEN m.metric_type = 'ratio' THEN h.denominator_count
+                     WHEN m.metric_type = 'count' AND {use_exposure} THEN h.exposure_days_cell
+                     ELSE 1 END AS DOUBLE) AS exposure,
+           CAST(SUM(h.n_users) AS BIGINT) AS n_users
+    FROM {histogram} AS h
+    JOIN {experiments} AS e ON h.experiment_id = e.experiment_id
+    JOIN {metrics} AS m ON h.metric_id = m.metric_id
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    ORDER BY 1, 2, 6, 7, 8
+"""
+
+
+def histogram_sql(use_exposure: bool, histogram: str, experiments: str, metrics: str) -> str:
+    """The one query (portable SQL) that reads every pair's histogram with its metric's type and
+    tolerance, given the engine's names of ``fct_cv_count_histogram``, ``stg_experiments`` and
+    ``stg_metrics``: exposure is a ratio metric's denominator, else the days (when the run uses
+    them) or 1 (then dropped by :func:`histogram_pairs`)."""
+    return HISTOGRAM_SQL.format(use_exposure="TRUE" if use_exposure else "FALSE", histogram=histogram,
+                                experiments=experiments, metrics=metrics)
+
+
+def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool) -> list[PairHistogram]:
+    """The pairs of the histogram query (:func:`histogram_sql`) and the planned splits
     (``(experiment_id, variant, traffic_weight)`` rows, ordered): what every engine's
     :meth:`Warehouse.load_histograms` returns."""
     planned: dict[str, list[tuple[str, float]]] = {}
     for experiment_id, variant, weight in planned_rows:
         planned.setdefault(experiment_id, []).append((variant, weight))
-    keys = ["experiment_id", "metric_id", "control_variant"]
-    return [
-        PairHistogram(*(part[k][0] for k in keys), histogram=part.drop(keys),
-                      planned_split=tuple(planned[part["experiment_id"][0]]) if part["experiment_id"][0] in planned else None)
-        for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True)
-    ]
+    keys = ["experiment_id", "metric_id", "control_variant", "metric_type", "tolerated_drop"]
+    pairs = []
+    for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True):
+        experiment_id, metric_id, control, metric_type, tolerated_drop = (part[k][0] for k in keys)
+        histogram = part.drop(keys)
+        if metric_type != "ratio" and not (use_exposure and metric_type == "count"):
+            histogram = histogram.drop("exposure")
+        pairs.append(PairHistogram(
+            experiment_id, metric_id, control, histogram,
+            planned_split=tuple(planned[experiment_id]) if experiment_id in planned else None,
+            metric_type=metric_type, tolerated_drop=tolerated_drop))
+    return pairs
 
 
 def run_lock_timeout() -> float:

@@ -26,8 +26,8 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from .run_lock import run_lock
-from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems
-from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs,
+from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
+from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs, histogram_sql,
                stage_seconds_json)
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
@@ -169,26 +169,11 @@ def create_result_tables(con) -> None:
 
 def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
     """Every pair's histogram (with its experiment's control variant) from ONE query, so one snapshot."""
-    if use_exposure:
-        sql = """
-            SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
-                   CAST(h.exposure_days_cell AS DOUBLE) AS exposure, h.n_users
-            FROM {histogram} AS h JOIN {experiments} AS e USING (experiment_id)
-            ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count, exposure
-        """
-    else:
-        sql = """
-            SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
-                   CAST(SUM(h.n_users) AS BIGINT) AS n_users
-            FROM {histogram} AS h JOIN {experiments} AS e USING (experiment_id)
-            GROUP BY ALL
-            ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count
-        """
-    rows = query(con, sql.format(histogram=name(con, "main", "fct_cv_count_histogram"),
-                                 experiments=name(con, "main", "stg_experiments")))
+    rows = query(con, histogram_sql(use_exposure, name(con, "main", "fct_cv_count_histogram"),
+                                    name(con, "main", "stg_experiments"), name(con, "main", "stg_metrics")))
     planned = con.execute(f"SELECT experiment_id, variant, traffic_weight FROM {name(con, 'main', 'stg_variants')} "
                           "ORDER BY experiment_id, variant").fetchall()
-    return histogram_pairs(rows, planned)
+    return histogram_pairs(rows, planned, use_exposure)
 
 
 @contextmanager
@@ -254,6 +239,9 @@ def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
     create_raw_tables(con)
     for table in set(tables) & set(OPTIONAL_RAW_DDL):
         con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, 'raw', table)} ({OPTIONAL_RAW_DDL[table]})")
+    for table, frame in tables.items():  # optional columns the frames carry (raw.metrics' type and role)
+        for column, ddl_type in load_columns(table, frame.columns).items():
+            con.execute(f"ALTER TABLE {name(con, 'raw', table)} ADD COLUMN IF NOT EXISTS {column} {ddl_type}")
     with transaction(con):
         for table, frame in tables.items():
             con.execute(f"DELETE FROM {name(con, 'raw', table)}")

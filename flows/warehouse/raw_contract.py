@@ -17,11 +17,26 @@ OPTIONAL_RAW_DDL = {
     "variants": "experiment_id VARCHAR, variant VARCHAR, traffic_weight DOUBLE",
 }
 
+# Optional columns of a contract table: read when present (checked like the others), a default when not.
+OPTIONAL_COLUMNS = {
+    "metrics": "metric_type VARCHAR, denominator_event VARCHAR, role VARCHAR, tolerated_drop DOUBLE",
+}
+
+
+def _parse(ddl: str) -> dict[str, str]:
+    return dict(part.split(" ", 1) for part in ddl.split(", "))
+
 
 def contract_columns(table: str) -> dict[str, str]:
     """column -> contract type of a raw table."""
-    ddl = {**RAW_DDL, **OPTIONAL_RAW_DDL}[table]
-    return dict(part.split(" ", 1) for part in ddl.split(", "))
+    return _parse({**RAW_DDL, **OPTIONAL_RAW_DDL}[table])
+
+
+def load_columns(table: str, frame_columns) -> dict[str, str]:
+    """column -> contract type of a raw table as loaded from a frame: the contract's columns and the
+    optional ones the frame has."""
+    optional = _parse(OPTIONAL_COLUMNS[table]) if table in OPTIONAL_COLUMNS else {}
+    return {**contract_columns(table), **{c: t for c, t in optional.items() if c in frame_columns}}
 
 
 def contract_problems(found: dict[str, dict[str, str]], accepted: dict[str, tuple[set[str], str]],
@@ -40,7 +55,8 @@ def contract_problems(found: dict[str, dict[str, str]], accepted: dict[str, tupl
         missing = [c for c in needed if c not in found[table]]
         if missing:
             problems.append(f"raw.{table} lacks column(s) {', '.join(missing)}")
-        for column, ddl_type in needed.items():
+        optional = _parse(OPTIONAL_COLUMNS[table]) if table in OPTIONAL_COLUMNS else {}
+        for column, ddl_type in {**needed, **optional}.items():
             have = found[table].get(column)
             allowed, expected = accepted[ddl_type]
             if have is not None and have not in allowed and not (ddl_type == "DOUBLE" and have.startswith("DECIMAL")):

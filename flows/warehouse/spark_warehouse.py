@@ -34,9 +34,9 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               histogram_pairs, stage_seconds_json)
+               histogram_pairs, histogram_sql, stage_seconds_json)
 from .run_lock import run_lock
-from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_columns, contract_problems
+from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
 
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "STRING", pl.Boolean: "BOOLEAN"}
 KEY_COLUMNS = [("experiment_id", "STRING"), ("metric_id", "STRING")]
@@ -214,12 +214,12 @@ class SparkWarehouse:
                  f"({', '.join(f'{_ident(c)} {t}' for c, t in PUBLICATIONS)}) USING parquet")
         self._add_new_columns("publications", PUBLICATIONS)
 
-    def _add_new_columns(self, table: str, columns: list[tuple[str, str]]) -> None:
+    def _add_new_columns(self, table: str, columns: list[tuple[str, str]], schema: str = RESULT_SCHEMA) -> None:
         """Columns added since ``table`` was made; its earlier rows read NULL there."""
-        have = {c.name for c in self.session().catalog.listColumns(f"{RESULT_SCHEMA}.{table}")}
-        added = [(c, t) for c, t in columns if c not in have]
+        have = {c.name.lower() for c in self.session().catalog.listColumns(f"{schema}.{table}")}
+        added = [(c, t) for c, t in columns if c.lower() not in have]
         if added:
-            self.sql(f"ALTER TABLE {RESULT_SCHEMA}.{table} ADD COLUMNS "
+            self.sql(f"ALTER TABLE {schema}.{table} ADD COLUMNS "
                      f"({', '.join(f'{_ident(c)} {t}' for c, t in added)})")
 
     def drop_orphaned_partitions(self) -> list[tuple[str, str]]:
@@ -236,22 +236,11 @@ class SparkWarehouse:
         return dropped
 
     def load_histograms(self, use_exposure: bool) -> list[PairHistogram]:
-        if use_exposure:
-            rows = self.query("""
-                SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
-                       CAST(h.exposure_days_cell AS DOUBLE) AS exposure, h.n_users
-                FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e ON h.experiment_id = e.experiment_id
-                ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count, exposure""")
-        else:
-            rows = self.query("""
-                SELECT h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count,
-                       CAST(SUM(h.n_users) AS BIGINT) AS n_users
-                FROM main.fct_cv_count_histogram AS h JOIN main.stg_experiments AS e ON h.experiment_id = e.experiment_id
-                GROUP BY h.experiment_id, h.metric_id, e.control_variant, h.variant, h.cv_count
-                ORDER BY h.experiment_id, h.metric_id, h.variant, h.cv_count""")
+        rows = self.query(histogram_sql(use_exposure, "main.fct_cv_count_histogram", "main.stg_experiments",
+                                        "main.stg_metrics"))
         planned = self.query("SELECT experiment_id, variant, traffic_weight FROM main.stg_variants "
                              "ORDER BY experiment_id, variant")
-        return histogram_pairs(rows, planned.rows())
+        return histogram_pairs(rows, planned.rows(), use_exposure)
 
     def write_run(self, run: RunRecord, results: dict[str, pl.DataFrame], failures: pl.DataFrame,
                   message: str | None) -> None:
@@ -349,15 +338,19 @@ class SparkWarehouse:
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".raw-staging-", dir=self.root) as staging:
             for table, frame in tables.items():
-                columns = [(c, {"VARCHAR": "STRING"}.get(t, t)) for c, t in contract_columns(table).items()]
+                columns = [(c, {"VARCHAR": "STRING"}.get(t, t)) for c, t in load_columns(table, frame.columns).items()]
                 frame = frame.with_columns(_as_contract_type(frame, c, t) for c, t in columns if c in frame.columns)
                 path = Path(staging) / f"{table}.parquet"
                 frame.write_parquet(path)
                 self.sql(f"CREATE TABLE IF NOT EXISTS raw.{table} "
                          f"({', '.join(f'{_ident(c)} {t}' for c, t in columns)}) USING parquet")
+                self._add_new_columns(table, columns, schema="raw")  # optional columns new to the table
                 staged = self.session().read.parquet(str(path))
+                # insertInto is positional: the table's own column order (optional columns may have been
+                # added in another order), NULL for any the frame lacks
+                fields = [(f.name, f.dataType.simpleString()) for f in self.session().table(f"raw.{table}").schema.fields]
                 typed = staged.selectExpr(*(f"CAST({_ident(c)} AS {t}) AS {_ident(c)}" if c in frame.columns
-                                            else f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in columns))
+                                            else f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in fields))
                 typed.write.insertInto(f"raw.{table}", overwrite=True)
 
     def reset(self) -> None:

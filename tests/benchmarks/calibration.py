@@ -4,9 +4,12 @@
 
 For each regime (tiny: 10 users per arm; small: 100 per arm; sparse: 0.01
 conversions per user over 50,000 users; heavy: 300 per user with s = 1.5;
-unequal: a declared 90/10 split; three arms), experiments are simulated from the
-model itself and fitted exactly as the nightly job fits them (collapsed, default
-sampler: 4 chains x (500 + 2000), refits on divergences, every decision rule):
+unequal: a declared 90/10 split; three arms; conversion: a conversion metric,
+Bernoulli per user with the effect on the log-odds; ratio: a ratio metric, numerator
+events Poisson-lognormal with the user's 1 + Poisson(3) denominator events as
+exposure), experiments are simulated from the model itself and fitted exactly as
+the nightly job fits them (collapsed, default sampler: 4 chains x (500 + 2000),
+refits on divergences, every decision rule):
 
 * **Effect runs.** Each treatment's true effect is drawn beta ~ Normal(0, 0.25) and
   the fit uses that same prior on beta (``Priors(beta_scale=0.25)``): when the
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -57,12 +61,17 @@ class Regime:
     arms: int = 2
     sizes: tuple[int, ...] | None = None  # exact users per arm; else random assignment
     split: tuple[float, ...] | None = None  # the planned (and declared) split; None = equal
+    metric_type: str = "count"  # conversion: base is P(convert) in the control; ratio: events per denominator event
 
     def describe(self) -> str:
         who = "/".join(map(str, self.sizes)) if self.sizes else f"{self.n_users:,}"
         split = "" if self.split is None else " (" + "/".join(f"{w:.0%}" for w in self.split) + " declared)"
         rate = f"{self.base[0]:g}" if self.base[0] == self.base[1] else f"{self.base[0]:g}-{self.base[1]:g}"
         s = f"{self.spread[0]:g}" if self.spread[0] == self.spread[1] else f"{self.spread[0]:g}-{self.spread[1]:g}"
+        if self.metric_type == "conversion":
+            return f"{who} users{split}, {self.arms} arms, conversion, P(convert) {rate}"
+        if self.metric_type == "ratio":
+            return f"{who} users{split}, {self.arms} arms, ratio, {rate} per denominator event, s {s}"
         return f"{who} users{split}, {self.arms} arms, mean {rate}/user, s {s}"
 
 
@@ -73,23 +82,56 @@ REGIMES = (
     Regime("heavy", 200, (300.0, 300.0), (1.5, 1.5)),
     Regime("unequal", 2_000, (0.5, 3.0), (0.3, 1.2), split=(0.9, 0.1)),
     Regime("three_arms", 600, (0.5, 3.0), (0.3, 1.2), arms=3),
+    Regime("conversion", 2_000, (0.02, 0.3), (0.0, 0.0), metric_type="conversion"),
+    Regime("ratio", 1_000, (0.2, 1.0), (0.3, 1.0), metric_type="ratio"),
 )
+
+
+def simulate(regime: Regime, betas: np.ndarray, rng: np.random.Generator):
+    """One experiment's per-user data, and each treatment's true relative lift."""
+    base, seed = float(rng.uniform(*regime.base)), int(rng.integers(1 << 31))
+    if regime.metric_type == "count":
+        data, _ = from_model(regime.n_users, base, betas, float(rng.uniform(*regime.spread)), seed=seed,
+                             split=regime.split, sizes=regime.sizes)
+        return data, np.expm1(betas[1:])
+    sim = np.random.default_rng(seed)
+    arm = sim.choice(len(betas), size=regime.n_users, p=regime.split)
+    if regime.metric_type == "conversion":  # beta on the log-odds; the lift is the ratio of probabilities
+        p = 1.0 / (1.0 + np.exp(-(np.log(base / (1 - base)) + betas)))
+        data = pl.DataFrame({"variant": np.char.add("v", arm.astype(str)), "cv_count": sim.random(arm.size) < p[arm]})
+        return data.with_columns(pl.col("cv_count").cast(pl.Int64)), p[1:] / p[0] - 1
+    s = float(rng.uniform(*regime.spread))  # ratio: events per denominator event, base the control's mean rate
+    denominator = 1 + sim.poisson(3.0, arm.size)
+    eta = np.log(base) - s**2 / 2 + betas[arm] + np.log(denominator) + sim.normal(0.0, s, arm.size)
+    data = pl.DataFrame({"variant": np.char.add("v", arm.astype(str)), "cv_count": sim.poisson(np.exp(eta)),
+                         "exposure": denominator.astype(float)})
+    return data, np.expm1(betas[1:])
+
+
+def lift_draws(result, metric_type: str) -> np.ndarray:
+    """(draws, treatments) of the relative lift, as the fit defines it for its metric type."""
+    beta = result.posterior.flat("beta").reshape(-1, result.data.num_arms - 1)
+    if metric_type != "conversion":
+        return np.expm1(beta)
+    beta0 = result.posterior.flat("beta0")[:, None]
+    p = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    return p(beta0 + beta) / p(beta0) - 1
 
 
 def one_run(regime: Regime, rng: np.random.Generator, seed: int, aa: bool) -> dict:
     betas = np.concatenate([[0.0], np.zeros(regime.arms - 1) if aa else rng.normal(0.0, EFFECT_SD, regime.arms - 1)])
-    data, _ = from_model(regime.n_users, float(rng.uniform(*regime.base)), betas, float(rng.uniform(*regime.spread)),
-                         seed=int(rng.integers(1 << 31)), split=regime.split, sizes=regime.sizes)
+    data, true_lift = simulate(regime, betas, rng)
     split = None if regime.split is None else {f"v{i}": w for i, w in enumerate(regime.split)}
     priors = Priors() if aa else Priors(beta_scale=EFFECT_SD)
-    config = FitConfig(priors=priors, planned_split=split, sampler=SamplerConfig(seed=seed, progress_bar=False))
+    config = FitConfig(priors=priors, planned_split=split, sampler=SamplerConfig(seed=seed, progress_bar=False),
+                       metric_type=regime.metric_type)
     result = fit(data, "v0", config)
     if VERBOSE:
         print(f"  {regime.name} {seed}: {result.diagnostics['total_seconds'][0]:.1f} s, cells {result.data.n_cells}, "
               f"{result.lift['decision'].to_list()}", file=sys.stderr, flush=True)
-    lift = np.expm1(result.posterior.flat("beta"))  # (draws, treatments)
+    lift = lift_draws(result, regime.metric_type)  # (draws, treatments)
     out = {"decisions": result.lift["decision"].to_list(), "prob_beat": result.lift["prob_beat_control"].to_list(),
-           "true_lift": np.expm1(betas[1:]).tolist(), "failure": result.diagnostics["failure_reasons"][0],
+           "true_lift": np.asarray(true_lift).tolist(), "failure": result.diagnostics["failure_reasons"][0],
            "attempts": int(result.diagnostics["fit_attempts"][0]), "seconds": float(result.diagnostics["total_seconds"][0])}
     for level in (0.90, 0.95):
         low, high = np.quantile(lift, [(1 - level) / 2, (1 + level) / 2], axis=0)

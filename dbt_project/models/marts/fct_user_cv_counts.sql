@@ -1,6 +1,8 @@
 {#- One row per experiment x metric x user: the analysis population.
     Every metric is analysed for every experiment; users with no events count 0;
-    users seen in more than one variant are excluded (see dq_assignment_conflicts). -#}
+    users seen in more than one variant are excluded (see dq_assignment_conflicts).
+    A conversion metric's count is 1 when the user had at least one event; a ratio
+    metric also carries the user's denominator events. -#}
 with
 
 first_exposures as (
@@ -44,6 +46,7 @@ user_metrics as (
     select
         clean_exposures.experiment_id,
         metrics.metric_id,
+        metrics.metric_type,
         clean_exposures.user_id,
         clean_exposures.variant,
         clean_exposures.first_exposed_at,
@@ -60,12 +63,21 @@ final as (
         user_metrics.metric_id,
         user_metrics.user_id,
         user_metrics.variant,
-        cast(coalesce(conversions.cv_count, 0) as {{ dbt.type_bigint() }}) as cv_count,
+        cast(
+            case
+                when user_metrics.metric_type = 'conversion' and conversions.cv_count > 0 then 1
+                else coalesce(conversions.cv_count, 0)
+            end as {{ dbt.type_bigint() }}
+        ) as cv_count,
         cast(
             {{ dbt.datediff('user_metrics.first_exposed_at', 'user_metrics.window_end', 'second') }} / 86400.0
             as {{ type_double() }}
         ) as exposure_days,
-        user_metrics.first_exposed_at
+        user_metrics.first_exposed_at,
+        cast(
+            case when user_metrics.metric_type = 'ratio' then coalesce(conversions.denominator_count, 0) end
+            as {{ dbt.type_bigint() }}
+        ) as denominator_count
     from user_metrics
     left join conversions
         on conversions.experiment_id = user_metrics.experiment_id

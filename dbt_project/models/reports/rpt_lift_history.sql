@@ -56,7 +56,9 @@ joined as (
         lift.prob_best_control,
         lift.expected_loss_vs_best_control,
         lift.decision,
-        lift.decision_reason
+        lift.decision_reason,
+        lift.tolerated_drop,
+        lift.prob_drop_beyond_tolerance
     from lift
     inner join runs on runs.run_id = lift.run_id
 
