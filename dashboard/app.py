@@ -1,7 +1,8 @@
 """glmm-ab dashboard (Streamlit): ``glmm-ab dashboard`` starts it.
 
 Reads the published BI copy read-only, one connection per query (see
-:mod:`dashboard.data`), so the nightly run can replace it at any time. Pick an
+:mod:`dashboard.data`), so the nightly run can replace it at any time. It opens on
+every experiment's decision (primary metrics and guardrails together). Pick an
 experiment and a metric; see each treatment's lift with its interval, the chance
 to beat control and the decision, the diagnostics, the article's three pictures
 (trace, per-user predictive, estimated-rate density) drawn from the published
@@ -13,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+import polars as pl
 import streamlit as st
 
 from dashboard import charts, data  # the installed package, wherever this script runs from
@@ -22,6 +24,12 @@ DECISION_BADGES = {  # label, colour
     "keep_control": ("Keep control", "red"),
     "inconclusive": ("Inconclusive", "gray"),
     "invalid": ("Invalid", "orange"),
+    "blocked_by_guardrail": ("Blocked by a guardrail", "red"),
+    "no_primary_metric": ("No primary metric", "gray"),
+}
+METRIC_TYPE_NOTES = {
+    "conversion": "A conversion metric: each user converted or not; the lift compares the shares of users who did.",
+    "ratio": "A ratio metric: events per denominator event; the lift compares the rates per denominator event.",
 }
 HEALTH_COLOURS = {"ok": "green", "warning": "orange", "failed": "red"}
 
@@ -63,6 +71,9 @@ def show_lift(row: dict, arms: int) -> None:
     c.metric("Expected count per user", f"{row['expected_count_mean']:.3g}",
              delta=f"{row['expected_count_mean'] - row['expected_count_control_mean']:+.3g} vs control")
     d.metric("Users", f"{row['n_users']:,} / {row['n_users_control']:,}", help="treatment / control")
+    if row.get("tolerated_drop") is not None and row.get("prob_drop_beyond_tolerance") is not None:
+        st.caption(f"Guardrail: P(drop beyond its tolerated {row['tolerated_drop']:.0%}) "
+                   f"{row['prob_drop_beyond_tolerance']:.1%}")
     st.caption(f"Why: {row['decision_reason']}. Expected loss if shipped {row['expected_loss_ship']:.2%}, "
                f"if kept {row['expected_loss_keep']:.2%}; P(difference within the ROPE) {row['prob_in_rope']:.1%}.")
 
@@ -83,6 +94,37 @@ def show_diagnostics(row: dict) -> None:
             st.badge(text, color=colour)
 
 
+def lift_text(row: dict) -> str | None:
+    """The primary metric's mean relative lift and its 95% interval, as the overview shows it."""
+    if row["primary_relative_lift_mean"] is None:
+        return None
+    return (f"{pct(row['primary_relative_lift_mean'])} [{pct(row['primary_relative_lift_low'])}, "
+            f"{pct(row['primary_relative_lift_high'])}]")
+
+
+def show_overview(table) -> None:
+    """What a product manager reads first: every experiment's decision, primary lift, guardrails and health."""
+    st.markdown("**Decisions**: every experiment, newest first (primary metrics and guardrails together)")
+    if table is None:
+        st.caption("This copy was published before experiment-level decisions (rpt_experiment_decisions).")
+        return
+    shown = table.select(
+        experiment=table["experiment_id"],
+        variant=table["variant"],
+        control=table["control_variant"],
+        decision=table["decision"].replace_strict({k: v[0] for k, v in DECISION_BADGES.items()},
+                                                  default=table["decision"]),
+        primary_metric=table["primary_metric_id"],
+        primary_lift=pl.Series([lift_text(r) for r in table.iter_rows(named=True)], dtype=pl.String),
+        p_beat_control=table["primary_prob_beat_control"],
+        guardrails=table["guardrail_status"],
+        health=table["health"],
+        days_running=table["days_running"].round(1),
+        why=table["decision_reason"],
+    )
+    st.dataframe(shown, hide_index=True, column_config={"p_beat_control": st.column_config.NumberColumn(format="percent")})
+
+
 def main() -> None:
     st.set_page_config(page_title="glmm-ab experiments", layout="wide")
     st.title("glmm-ab experiment results")
@@ -97,6 +139,7 @@ def main() -> None:
     if pairs.height == 0:
         st.warning("The publication holds no experiment results yet.")
         st.stop()
+    show_overview(data.overview(path))
 
     experiments = pairs["experiment_id"].unique(maintain_order=True).to_list()
     experiment = st.sidebar.selectbox("Experiment", experiments, key="experiment")
@@ -108,6 +151,8 @@ def main() -> None:
     st.header(f"{md(experiment)} · {md(metric)}")
     st.caption(f"Run `{first['run_id']}`, conversions counted up to {first['as_of']:%Y-%m-%d %H:%M}; "
                f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
+    if first.get("metric_type") in METRIC_TYPE_NOTES:
+        st.caption(METRIC_TYPE_NOTES[first["metric_type"]])
     arms = rows.height + 1
     if arms > 2 and first["prob_best_control"] is not None:
         st.caption(f"Control {md(first['control_variant'])}: P(best of {arms} arms) {first['prob_best_control']:.1%}; "

@@ -60,6 +60,29 @@ def pairs(path) -> pl.DataFrame:
     """)
 
 
+def overview(path) -> pl.DataFrame | None:
+    """Every experiment x treatment with its experiment-level decision (rpt_experiment_decisions), the
+    worst health of its metrics, newest experiment first; None for a copy published before the model."""
+    present = query(path, "SELECT count(*) AS n FROM information_schema.tables "
+                          "WHERE table_schema = 'main' AND table_name = 'rpt_experiment_decisions'")["n"][0]
+    if not present:
+        return None
+    return query(path, """
+        WITH health AS (
+            SELECT experiment_id,
+                   CASE WHEN bool_or(health_status = 'failed') THEN 'failed'
+                        WHEN bool_or(health_status = 'warning') THEN 'warning' ELSE 'ok' END AS health
+            FROM main.rpt_experiment_health GROUP BY experiment_id
+        )
+        SELECT d.experiment_id, d.variant, d.control_variant, d.decision, d.decision_reason, d.primary_metric_id,
+               d.primary_relative_lift_mean, d.primary_relative_lift_low, d.primary_relative_lift_high,
+               d.primary_prob_beat_control, d.guardrail_status, d.guardrails_failing, h.health, d.days_running,
+               d.experiment_start_at
+        FROM main.rpt_experiment_decisions AS d LEFT JOIN health AS h USING (experiment_id)
+        ORDER BY d.experiment_start_at DESC, d.experiment_id, d.variant
+    """)
+
+
 def latest(path, experiment_id: str, metric_id: str) -> pl.DataFrame:
     return query(path, """
         SELECT * FROM main.rpt_experiment_results_latest

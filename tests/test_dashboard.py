@@ -51,8 +51,21 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     charts = at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
     assert len(charts) == 5  # history, rate density, trace, per-user predictive, predictive check
     planted = {"user_in_several_variants", "duplicate_event_id", "events_before_exposure"}  # the demo's dirty rows
-    assert planted <= set(at.dataframe[0].value["issue"])
-    assert at.dataframe[1].value.shape[0] == 6  # the health panel: every experiment x metric
+    assert planted <= set(at.dataframe[1].value["issue"])
+    assert at.dataframe[2].value.shape[0] == 12  # the health panel: every experiment x metric
+    # it opens on every experiment's decision, newest experiment first, as rpt_experiment_decisions has it
+    overview = at.dataframe[0].value
+    decisions = sql(bi, "SELECT * FROM rpt_experiment_decisions ORDER BY experiment_start_at DESC, variant")
+    assert overview["experiment"].tolist() == decisions["experiment_id"].to_list()
+    assert overview["experiment"].tolist()[0] == "pricing_copy"  # the newest of the demo's three
+    labels = {"blocked_by_guardrail": "Blocked by a guardrail", **decision}
+    assert overview["decision"].tolist() == [labels[d] for d in decisions["decision"]]
+    assert overview["primary_lift"].tolist() == [
+        f"{d['primary_relative_lift_mean']:+.1%} [{d['primary_relative_lift_low']:+.1%}, {d['primary_relative_lift_high']:+.1%}]"
+        for d in decisions.iter_rows(named=True)]
+    # the page opened on a guardrail: its chance of dropping beyond the tolerance
+    assert f"Guardrail: P(drop beyond its tolerated 5%) {row['prob_drop_beyond_tolerance']:.1%}" in \
+        [c.value for c in at.caption]
 
     # a three-arm experiment: one lift block per treatment
     at.sidebar.selectbox(key="experiment").select("onboarding_flow").run()
@@ -66,6 +79,9 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     assert f"P(best of 3 arms) {best['short_form']['prob_best_control']:.1%}" in captions  # the control's
     for row in best.values():
         assert f"P(best of 3 arms) {row['prob_best']:.1%}" in captions
+
+    at.sidebar.selectbox(key="metric").select("converted").run()
+    assert not at.exception and any("A conversion metric" in c.value for c in at.caption)
 
 
 def test_ids_from_raw_data_are_shown_as_text_not_rendered_as_markdown(demo_run, monkeypatch, tmp_path):
