@@ -41,6 +41,10 @@ class RunOptions:
     refits: int = field(default=2, metadata=_flag(
         "--refits", type=int, help="refits of a fit with divergent transitions, each with smaller steps and a longer "
                                    "warmup (0-2, default 2)"))
+    use_covariate: bool = field(default=True, metadata=_flag(
+        "--no-covariate", action="store_false",
+        help="ignore the pre-period count (pre_cv_count) instead of adjusting for it (the default adjusts: "
+             "narrower intervals when users' history predicts their counts)"))
     use_exposure: bool = field(default=False, metadata=_flag(
         "--exposure", action="store_true", help="use exposure days as a log offset (rates per day)"))
     fit_timeout: float = field(default=900.0, metadata=_flag(
@@ -63,7 +67,7 @@ class RunOptions:
         help="where the fits run: in this process one after another (default), on a Dask cluster started for the "
              "run (one worker per two cores), or on an existing Dask scheduler; results are the same"))
 
-    SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed", "refits")
+    SAMPLING = ("method", "priors", "num_chains", "num_warmup", "num_samples", "seed", "refits", "use_covariate")
     STATISTICAL = SAMPLING + ("use_exposure",)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class RunOptions:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.use_covariate, bool):
+            raise ValueError(f"use_covariate must be true or false, got {self.use_covariate!r}")
         if not isinstance(self.refits, int) or isinstance(self.refits, bool) or not 0 <= self.refits <= 2:
             raise ValueError(f"refits must be 0, 1 or 2, got {self.refits!r}")
         check_spec(self.task_runner)
@@ -116,13 +122,15 @@ class RunOptions:
                    tolerated_drop: float | None = None):
         """The engine's :class:`glmm_model.FitConfig` for one pair (its own seed, no progress bar,
         the experiment's planned traffic split: None for an equal one; the metric's type and a
-        guardrail's tolerated drop). A conversion metric has no per-user intercept: always 'collapsed'."""
+        guardrail's tolerated drop). A conversion metric has no per-user intercept: always 'collapsed'.
+        The pre-period covariate is fitted on the collapsed path: the latent path goes without it."""
         from glmm_model import FitConfig, Priors, SamplerConfig
 
         return FitConfig(
             method="collapsed" if metric_type == "conversion" else self.method,
             metric_type=metric_type,
             tolerated_drop=tolerated_drop,
+            covariate=self.use_covariate and (metric_type == "conversion" or self.method == "collapsed"),
             priors=Priors.from_preset(self.priors),
             sampler=SamplerConfig(num_chains=self.num_chains, num_warmup=self.num_warmup,
                                   num_samples=self.num_samples, seed=pair_seed(self.seed, experiment_id, metric_id),

@@ -124,6 +124,11 @@ class FitConfig:
     metric_type: MetricType = "count"
     # a guardrail's tolerated relative drop (0.02: 2%); the lift then reports P(lift < -tolerated_drop)
     tolerated_drop: float | None = None
+    # use the input's pre_cv_count column (the metric's count before first exposure) as a covariate
+    covariate: bool = True
+    # pre-period counts are grouped into at most this many bins (each its own bin while there are
+    # no more distinct counts): the cells, and so the fit's cost, stay bounded
+    pre_period_bins: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in ("collapsed", "latent"):
@@ -142,6 +147,8 @@ class FitConfig:
             raise ValueError("a conversion metric has no per-user intercept to sample: use method 'collapsed'")
         if self.tolerated_drop is not None and not 0 <= self.tolerated_drop < 1:
             raise ValueError(f"tolerated_drop is a relative drop in [0, 1), got {self.tolerated_drop}")
+        if self.pre_period_bins < 2:
+            raise ValueError(f"pre_period_bins must be >= 2, got {self.pre_period_bins}")
         if self.sampler.time_limit_s is not None and not self.sampler.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 seconds or None, got {self.sampler.time_limit_s}")
 

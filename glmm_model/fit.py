@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
-from . import pictures, predictive, runtime, summaries
+from . import covariate_gain, pictures, predictive, runtime, summaries
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData, InputError, prepare
+from .model_inputs import prior_arrays
 from .sampling import FitTimeout, Posterior, sample
 from .schema import SCHEMAS, frame
 
@@ -87,7 +88,10 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     config = config or FitConfig()
     runtime.ensure_configured()
     started = time.perf_counter()
-    exp = prepare(data, control)
+    exp = prepare(data, control, covariate=config.covariate, max_pre_bins=config.pre_period_bins)
+    if exp.has_covariate and config.method == "latent":
+        raise InputError("the pre-period covariate ('pre_cv_count') is fitted on the collapsed path only: use "
+                         "method 'collapsed', or fit without the covariate (--no-covariate)")
     conversion = config.metric_type == "conversion"
     if conversion:
         exp = exp.as_conversion()
@@ -117,18 +121,27 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
     s = None if conversion else posterior.flat("s")
     failures = diag.failures(config.decision)
     observed_mean = exp.counts_per_arm() / users
+    # the pre-period covariate: exp(beta) stays the ratio of marginal means, and the expected counts
+    # average exp(gamma * pre + delta * no_history) over every user (beta0_marginal)
+    covariate = (posterior.flat("gamma"), posterior.flat("delta")) if exp.has_covariate else None
+    beta0_marginal = beta0 if covariate is None else beta0 + predictive.covariate_shift(exp, covariate)
+    sd_ratio = None
+    if covariate is not None:
+        sd_ratio = covariate_gain.covariate_sd_ratio(exp, prior_arrays(config.priors, exp, config.metric_type),
+                                                     posterior.draws)
     lift = summaries.lift_rows(
-        beta0, beta, s, exp.variants, users, observed_mean, level, config.decision, failures,
+        beta0_marginal, beta, s, exp.variants, users, observed_mean, level, config.decision, failures,
         observed_rate=exp.counts_per_arm() / exp.exposure_per_arm(), metric_type=config.metric_type,
         tolerated_drop=config.tolerated_drop,
     )
 
     rng = np.random.default_rng(config.sampler.seed)
-    ppc_rows, ppc_p = predictive.predictive_check(exp, beta0, beta, s, config.ppc_draws, level, rng, config.metric_type)
+    ppc_rows, ppc_p = predictive.predictive_check(exp, beta0, beta, s, config.ppc_draws, level, rng, config.metric_type,
+                                                  covariate)
     if conversion:
         rates = predictive.conversion_rates(exp, beta0, beta, rng)
     elif config.method == "collapsed":
-        rates = predictive.collapsed_rates(exp, beta0, beta, s, rng)
+        rates = predictive.collapsed_rates(exp, beta0, beta, s, rng, covariate)
     else:
         rates = predictive.latent_rates(exp, beta0, beta, s, posterior.r, rng)
     user_rows = predictive.user_estimate_rows(exp, rates, level)
@@ -146,6 +159,8 @@ def fit(data, control: str, config: FitConfig | None = None) -> FitResult:
         "seed": sc.seed,
         "n_users": exp.n_users,
         "n_cells": exp.n_cells,
+        "covariate": "pre_period" if exp.has_covariate else "none",
+        "covariate_sd_ratio": sd_ratio,
         "fit_attempts": attempt,
         "divergences": diag.divergences,
         "stuck_chains": diag.stuck_chains,

@@ -21,6 +21,17 @@ Two model functions share the fixed effects:
   with its own quadrature rule and padded to a fixed size (padding has weight 0),
   so one compiled program serves every experiment of similar size.
 
+With the pre-period covariate (the same metric's count before the user's first
+exposure), the collapsed model's cells also carry their bin's centred
+z_i = log1p(pre count) - mean and a no-history flag h_i (z_i = 0 then):
+
+    log mu_i = beta0 + beta[g(i)] + gamma * z_i + delta * h_i + r_i + log(exposure_i)
+    gamma ~ Normal(0, 1),  delta ~ Normal(0, 2.5)
+
+The covariate is balanced across arms by randomisation, so exp(beta[g]) stays the
+ratio of the arms' marginal means; it explains part of the between-user spread s,
+which is what narrows beta's posterior.
+
 A conversion metric (did the user do it at least once) has its own model,
 :func:`conversion_model`: ``converted_i ~ Bernoulli(logit^-1(beta0 + beta[g(i)]))``,
 with the same priors on beta0 (centred on the pooled log-odds) and beta (log-odds
@@ -39,7 +50,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from . import quadrature as q
-from .model_inputs import CellTier, ConversionCells, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
+from .model_inputs import DELTA_SCALE, GAMMA_SCALE, CellTier, ConversionCells, CovariateTier, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
 
 
 S_MAX = 50.0  # sd of the per-user log-rate beyond which the density is 0 (see fixed_effects)
@@ -128,17 +139,23 @@ def cell_log_likelihood(log_p, weight):
     return jnp.where(weight > 0, weight * log_p, 0.0)
 
 
-def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=None):
+def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=None, covariate=None):
     """Collapsed GLMM over histogram cells; ``cv_count=None`` draws one user's count per cell.
 
     ``cv_count``, when given, is a tuple with one array per tier (the observed counts).
     Each cell's log-likelihood is multiplied by its number of users (``weight``);
-    padding cells have weight 0 and contribute nothing.
+    padding cells have weight 0 and contribute nothing. ``covariate``: one
+    :class:`CovariateTier` per tier, or None for the model without the pre-period.
     """
     beta0, beta_full, s = fixed_effects(prior)
+    if covariate is not None:
+        gamma = numpyro.sample("gamma", dist.Normal(0.0, GAMMA_SCALE))
+        delta = numpyro.sample("delta", dist.Normal(0.0, DELTA_SCALE))
     for t, tier in enumerate(tiers):
         obs = None if cv_count is None else cv_count[t]
         eta = beta0 + beta_full[tier.arm] + tier.log_exposure
+        if covariate is not None:
+            eta = eta + gamma * covariate[t].pre + delta * covariate[t].no_history
         with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
             d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
             if obs is None:

@@ -37,6 +37,16 @@ class CellTier(NamedTuple):
     log_wx: np.ndarray
 
 
+GAMMA_SCALE, DELTA_SCALE = 1.0, 2.5  # priors of the pre-period covariate's coefficients (see .model)
+
+
+class CovariateTier(NamedTuple):
+    """The pre-period covariate of one tier's cells: centred log1p(pre count) and the no-history flag."""
+
+    pre: np.ndarray
+    no_history: np.ndarray
+
+
 def prior_arrays(priors: Priors, data: ExperimentData, metric_type: str = "count") -> PriorArrays:
     """Resolve the priors for this data: ``beta0_loc=None`` centres on the pooled log rate (a
     conversion metric: on the pooled log-odds of converting)."""
@@ -96,7 +106,16 @@ def _padded_size(n: int, floor: int = 1) -> int:
 
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
     """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
-    tiers = []
+    return tuple(tier for tier, _ in _tiers(data))
+
+
+def covariate_tiers(data: ExperimentData) -> tuple[CovariateTier, ...]:
+    """The covariate of :func:`cell_tiers`' cells, tier by tier, padded the same way."""
+    return tuple(cov for _, cov in _tiers(data))
+
+
+def _tiers(data: ExperimentData):
+    tiers, covariates = [], []
     for t, (mask, n_nodes) in enumerate(q.tier_masks(data.cell_count)):
         n = int(mask.sum())
         size = _padded_size(n, MIN_TIER_CELLS if t else 1)
@@ -116,4 +135,9 @@ def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
                 log_wx=np.asarray(log_wx, np.float64),
             )
         )
-    return tuple(tiers)
+        if data.has_covariate:
+            covariates.append(CovariateTier(pre=padded(data.cell_pre, 0.0, np.float64),
+                                            no_history=padded(data.cell_no_history, 0.0, np.float64)))
+        else:
+            covariates.append(None)
+    return list(zip(tiers, covariates))

@@ -45,10 +45,25 @@ def thin(n_draws: int, n_keep: int, rng: np.random.Generator) -> np.ndarray:
     return np.linspace(0, n_draws - 1, n_keep).round().astype(int)
 
 
-def cell_eta(data: ExperimentData, beta0: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Linear predictor (draws, cells) without r: beta0 + beta[arm] + log exposure."""
+def cell_eta(data: ExperimentData, beta0: np.ndarray, beta: np.ndarray, covariate=None) -> np.ndarray:
+    """Linear predictor (draws, cells) without r: beta0 + beta[arm] + log exposure, plus
+    gamma * pre + delta * no_history when ``covariate`` holds the (gamma, delta) draws."""
     beta_full = np.concatenate([np.zeros((len(beta0), 1)), np.asarray(beta).reshape(len(beta0), -1)], axis=1)
-    return beta0[:, None] + beta_full[:, data.cell_arm] + np.log(data.cell_exposure)[None, :]
+    eta = beta0[:, None] + beta_full[:, data.cell_arm] + np.log(data.cell_exposure)[None, :]
+    if covariate is not None:
+        gamma, delta = covariate
+        eta = eta + gamma[:, None] * data.cell_pre[None, :] + delta[:, None] * data.cell_no_history[None, :]
+    return eta
+
+
+def covariate_shift(data: ExperimentData, covariate) -> np.ndarray:
+    """Per draw, log of the mean of exp(gamma * pre + delta * no_history) over every user (arms
+    pooled): added to beta0, it makes exp(beta0 + s²/2) the marginal mean of a random user."""
+    w = data.cell_users / data.cell_users.sum()
+    gamma, delta = covariate
+    term = gamma[:, None] * data.cell_pre[None, :] + delta[:, None] * data.cell_no_history[None, :]
+    top = term.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log((np.exp(term - top) * w[None, :]).sum(axis=1))
 
 
 @dataclass(frozen=True)
@@ -75,13 +90,13 @@ class RateSamples:
         return rng.choice(self.mu[cell], size=size, p=self.weight[cell])
 
 
-def collapsed_rates(data, beta0, beta, s, rng) -> RateSamples:
-    """Per-cell rate posteriors from (beta0, beta, s) draws by quadrature and importance sampling."""
+def collapsed_rates(data, beta0, beta, s, rng, covariate=None) -> RateSamples:
+    """Per-cell rate posteriors from (beta0, beta, s[, gamma, delta]) draws by quadrature and importance sampling."""
     n_cells = data.n_cells
     per_draw = 8  # importance samples per kept draw: 250 draws x 8, where each draw costs two quadratures
     n_keep = int(max(50, min(_SAMPLES_PER_CELL // per_draw, 2e7 // (per_draw * n_cells))))
     idx = thin(len(beta0), n_keep, rng)
-    eta = cell_eta(data, beta0[idx], beta[idx])  # (J, C)
+    eta = cell_eta(data, beta0[idx], beta[idx], None if covariate is None else (covariate[0][idx], covariate[1][idx]))
     s_j = np.broadcast_to(s[idx, None], eta.shape)
     y = np.broadcast_to(data.cell_count[None, :].astype(float), eta.shape)
     log_l = q.log_marginal_tiered(y, eta, s_j)
@@ -130,6 +145,11 @@ def latent_rates(data, beta0, beta, s, r, rng) -> RateSamples:
     return RateSamples(mu=mu, weight=np.full(mu.shape, 1.0 / mu.shape[1]), mean=means)
 
 
+def _pre_bound(values, c: int):
+    """A cell's pre-period bin bound, None without the covariate or for users with no history."""
+    return None if values is None or values[c] < 0 else int(values[c])
+
+
 def user_estimate_rows(data: ExperimentData, rates: RateSamples, level: float) -> list[dict]:
     tail = (1.0 - level) / 2.0
     qs = rates.quantiles([tail, 0.5, 1.0 - tail])
@@ -139,6 +159,8 @@ def user_estimate_rows(data: ExperimentData, rates: RateSamples, level: float) -
             "cv_count": int(data.cell_count[c]),
             "exposure": float(data.cell_exposure[c]),
             "n_users": int(data.cell_users[c]),
+            "pre_cv_count_low": _pre_bound(data.cell_pre_low, c),
+            "pre_cv_count_high": _pre_bound(data.cell_pre_high, c),
             "rate_mean": float(rates.mean[c]),
             "rate_median": float(qs[c, 1]),
             "rate_low": float(qs[c, 0]),
@@ -166,25 +188,33 @@ def count_bins(data: ExperimentData) -> np.ndarray:
     return edges[edges <= _MAX_PMF_COUNT]
 
 
-def _exposure_groups(data: ExperimentData, arm: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log exposure, share of the arm's users) per exposure group of one arm."""
+def _offset_groups(data: ExperimentData, arm: int, coef=(0.0, 0.0)):
+    """(log exposure, pre, no_history) centres and the share of the arm's users, per group of its
+    cells. Cells are grouped on their offset log exposure + gamma * pre + delta * no_history at
+    ``coef`` (the posterior means of gamma and delta), at most ``_MAX_EXPOSURE_GROUPS`` groups."""
     mask = data.cell_arm == arm
     log_e = np.log(data.cell_exposure[mask])
+    pre = data.cell_pre[mask] if data.has_covariate else np.zeros_like(log_e)
+    no_history = data.cell_no_history[mask].astype(float) if data.has_covariate else np.zeros_like(log_e)
     users = data.cell_users[mask].astype(float)
-    uniq, inv = np.unique(log_e, return_inverse=True)
+    offset = log_e + coef[0] * pre + coef[1] * no_history
+    uniq, inv = np.unique(offset, return_inverse=True)
     if len(uniq) > _MAX_EXPOSURE_GROUPS:
-        qs = np.quantile(log_e, np.linspace(0, 1, _MAX_EXPOSURE_GROUPS + 1)[1:-1])
-        inv = np.searchsorted(qs, log_e)
+        qs = np.quantile(offset, np.linspace(0, 1, _MAX_EXPOSURE_GROUPS + 1)[1:-1])
+        inv = np.searchsorted(qs, offset)
     n = np.bincount(inv, weights=users)
     keep = n > 0
-    centre = np.bincount(inv, weights=users * log_e)[keep] / n[keep]
-    return centre, n[keep] / n.sum()
+    centres = [np.bincount(inv, weights=users * v)[keep] / n[keep] for v in (log_e, pre, no_history)]
+    return centres, n[keep] / n.sum()
 
 
-def _count_pmf(data, arm: int, shift: np.ndarray, sd: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(draws, values): P(count = v) for a random user of ``arm`` (a mixture over its exposure groups)."""
-    log_e, share = _exposure_groups(data, arm)
+def _count_pmf(data, arm: int, shift: np.ndarray, sd: np.ndarray, values: np.ndarray, covariate=None) -> np.ndarray:
+    """(draws, values): P(count = v) for a random user of ``arm`` (a mixture over its offset groups)."""
+    coef = (0.0, 0.0) if covariate is None else (float(covariate[0].mean()), float(covariate[1].mean()))
+    (log_e, pre, no_history), share = _offset_groups(data, arm, coef)
     eta = shift[:, None, None] + log_e[None, :, None]  # (J, groups, 1)
+    if covariate is not None:
+        eta = eta + (covariate[0][:, None] * pre[None, :] + covariate[1][:, None] * no_history[None, :])[:, :, None]
     pmf = np.empty((len(shift), len(values)))
     for start in range(0, len(values), _PMF_CHUNK):
         chunk = values[start:start + _PMF_CHUNK]
@@ -194,7 +224,7 @@ def _count_pmf(data, arm: int, shift: np.ndarray, sd: np.ndarray, values: np.nda
 
 
 def predictive_check(data, beta0, beta, s, n_draws: int, level: float, rng,
-                     metric_type: str = "count") -> tuple[list[dict], list[float]]:
+                     metric_type: str = "count", covariate=None) -> tuple[list[dict], list[float]]:
     """Rows of observed vs predicted share per arm x count bin, and each arm's p-value (a conversion
     metric: the bins 'not converted' and 'converted', from p_g)."""
     edges = np.array([0, 1]) if metric_type == "conversion" else count_bins(data)
@@ -209,7 +239,8 @@ def predictive_check(data, beta0, beta, s, n_draws: int, level: float, rng,
         if metric_type == "conversion":
             pmf = np.exp(-np.logaddexp(0.0, shift))[:, None]  # P(not converted) = 1 - p
         else:
-            pmf = _count_pmf(data, arm, shift, s[idx], values)
+            cov = None if covariate is None else (covariate[0][idx], covariate[1][idx])
+            pmf = _count_pmf(data, arm, shift, s[idx], values, cov)
         p_bins = np.zeros((len(idx), len(edges)))
         np.add.at(p_bins.T, bin_of, pmf.T)
         p_bins[:, -1] = np.clip(1.0 - p_bins[:, :-1].sum(axis=1), 0.0, 1.0)

@@ -37,7 +37,7 @@ import numpy as np
 from . import programs
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData
-from .model_inputs import cell_tiers, conversion_cells, prior_arrays
+from .model_inputs import cell_tiers, conversion_cells, covariate_tiers, prior_arrays
 
 CHUNK = 100
 CHAINS_PER_GROUP = 2
@@ -74,6 +74,7 @@ def cancel_running() -> None:
 
 
 SUMMARY_SITES = ("beta0", "beta", "s")
+COVARIATE_SITES = ("gamma", "delta")  # the pre-period covariate's coefficients
 CONVERSION_SITES = ("beta0", "beta")  # the conversion model has no per-user spread
 FIXED_EFFECT_SITES = ("beta", "log_mean0", "s")  # the sampled (unconstrained) fixed-effect sites
 
@@ -106,7 +107,7 @@ class Posterior:
         import arviz as az
 
         return az.from_dict(
-            posterior={name: self.draws[name] for name in SUMMARY_SITES if name in self.draws},
+            posterior={name: self.draws[name] for name in SUMMARY_SITES + COVARIATE_SITES if name in self.draws},
             sample_stats={"diverging": self.stats["diverging"], "energy": self.stats["energy"],
                           "n_steps": self.stats["n_steps"]},
             coords={"variant": list(self.variants)},
@@ -356,7 +357,14 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
         tiers = cell_tiers(data)
         model, args, kwargs = "collapsed_model", (tiers, prior), {"cv_count": tuple(t.cv_count for t in tiers)}
         dense, sites = config.sampler.dense_mass, SUMMARY_SITES
+        if data.has_covariate:
+            kwargs["covariate"] = covariate_tiers(data)
+            sites = SUMMARY_SITES + COVARIATE_SITES
+            mass_dim += 2 if config.sampler.dense_mass else 0
     else:
+        if data.has_covariate:
+            raise ValueError("the pre-period covariate is fitted on the collapsed path only: use method "
+                             "'collapsed', or fit without the covariate")
         arm, count, exposure = data.per_user()
         model = "latent_model"
         args = (np.asarray(arm, np.int32), np.log(np.asarray(exposure, np.float64)), prior)

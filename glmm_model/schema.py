@@ -28,7 +28,8 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
     "diagnostics": {
         "method": S, "metric_type": S, "prior_preset": S, "num_chains": I, "num_warmup": I, "num_samples": I,
-        "target_accept": F, "seed": I, "n_users": I, "n_cells": I, "fit_attempts": I, "divergences": I, "stuck_chains": I, "max_r_hat": F,
+        "target_accept": F, "seed": I, "n_users": I, "n_cells": I, "covariate": S, "covariate_sd_ratio": F,
+        "fit_attempts": I, "divergences": I, "stuck_chains": I, "max_r_hat": F,
         "min_ess_bulk": F, "min_ess_tail": F, "min_bfmi": F, "srm_p_value": F, "planned_split": S, "ppc_p_value": F,
         "ppc_p_value_adjusted": F,
         "converged": B, "failure_reasons": S, "sampling_seconds": F, "total_seconds": F,
@@ -38,7 +39,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "predicted_share_mean": F, "predicted_share_low": F, "predicted_share_high": F, "ppc_p_value": F,
     },
     "user_estimates": {
-        "variant": S, "cv_count": I, "exposure": F, "n_users": I,
+        "variant": S, "cv_count": I, "exposure": F, "n_users": I, "pre_cv_count_low": I, "pre_cv_count_high": I,
         "rate_mean": F, "rate_median": F, "rate_low": F, "rate_high": F,
     },
     "posterior_draws": {"parameter": S, "variant": S, "chain": I, "draw": I, "value": F},
@@ -67,7 +68,7 @@ KEY_DOCS = {
 
 COLUMN_DOCS: dict[str, dict[str, str]] = {
     "posterior_summary": {
-        "parameter": "'beta0' (control log-rate), 'beta' (treatment effect on the log scale) or 's' (sd of the per-user random intercept).",
+        "parameter": "'beta0' (control log-rate), 'beta' (treatment effect on the log scale), 's' (sd of the per-user random intercept), and with the pre-period covariate 'gamma' (its coefficient on log1p(pre count)) and 'delta' (the log-rate shift of users with no history).",
         "variant": "Treatment variant for 'beta' rows; NULL for 'beta0' and 's'.",
         "mean": "Posterior mean.",
         "sd": "Posterior standard deviation.",
@@ -124,7 +125,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "target_accept": "NUTS target acceptance probability.",
         "seed": "Random seed of the fit.",
         "n_users": "Users fitted.",
-        "n_cells": "Histogram cells (distinct variant x count x exposure).",
+        "n_cells": "Histogram cells (distinct variant x count x exposure, x pre-period bin with the covariate).",
+        "covariate": "'pre_period' when the fit adjusted for the metric's count before each user's first exposure (log mu gains gamma * (log1p(pre count) - mean) + delta * no_history), else 'none'.",
+        "covariate_sd_ratio": "Posterior sd of beta with the pre-period covariate / without it, on the same users (Laplace approximations of both fits; below 1 means a narrower interval; averaged over treatments). NULL without the covariate.",
         "fit_attempts": "NUTS runs made: 1, or more when divergent transitions triggered a refit with a higher target acceptance (0.95, then 0.99) and a longer warmup (2x, then 4x); num_warmup and target_accept are the kept run's.",
         "divergences": "Divergent transitions after warmup in the kept run (any that persist through the refits fails).",
         "stuck_chains": "Chains whose kept draws never moved, or hold non-finite values (any fails; named in failure_reasons).",
@@ -157,6 +160,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "cv_count": "Observed count of the users in the cell.",
         "exposure": "Exposure of the users in the cell (1 when none is used).",
         "n_users": "Users sharing the cell (join fct_user_cv_counts on variant and cv_count for per-user rows).",
+        "pre_cv_count_low": "Lowest pre-period count of the cell's bin (with the covariate); NULL without it or for users with no history.",
+        "pre_cv_count_high": "Highest pre-period count of the cell's bin; NULL without the covariate or for users with no history.",
         "rate_mean": "Posterior mean of each such user's rate mu_i (the shrinkage estimate).",
         "rate_median": "Posterior median of the rate.",
         "rate_low": "Lower end of the rate's credible interval.",

@@ -28,7 +28,7 @@ from scipy.special import chdtrc
 from . import diagnostics
 from .config import DecisionRules
 
-POSTERIOR_PARAMETERS = ("beta0", "beta", "s")
+POSTERIOR_PARAMETERS = ("beta0", "beta", "s", "gamma", "delta")
 
 
 def interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -131,7 +131,8 @@ def test_run_options_are_one_definition_for_the_cli_the_flow_and_served_runs(tmp
     assert options == RunOptions(num_chains=2, num_samples=300, use_exposure=True, publish_results=False,
                                  plots_dir="pics")
     assert options.run_config() == {"method": "collapsed", "priors": "default", "num_chains": 2, "num_warmup": 500,
-                                    "num_samples": 300, "seed": 42, "refits": 2, "use_exposure": True}
+                                    "num_samples": 300, "seed": 42, "refits": 2, "use_covariate": True,
+                                    "use_exposure": True}
     assert options.fit_config("e", "m").sampler.divergence_refits == ((0.95, 2), (0.99, 4))
     assert RunOptions(refits=0).fit_config("e", "m").sampler.divergence_refits == ()
     with pytest.raises(ValueError, match="refits must be 0, 1 or 2"):

@@ -1,7 +1,7 @@
 """The ``glmm-ab`` command line: one parser, commands imported only when they run.
 
     glmm-ab fit INPUT --control NAME [--split A=0.9,B=0.1] [--metric-type count|conversion|ratio]
-                [--tolerated-drop F] [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
+                [--tolerated-drop F] [--no-covariate] [--method ...] [--priors ...] [--seed N] [--plots-dir DIR] [--json]
     glmm-ab demo [--warehouse PATH] [--force] [run options]
     glmm-ab run  [--warehouse PATH] [--as-of TIMESTAMP] [run options]
     glmm-ab backfill --from DATE --to DATE [--warehouse PATH] [run options]
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _command(sub, "fit", "fit", "fit one experiment from a CSV or Parquet file of per-user counts")
-    p.add_argument("input", help="CSV or Parquet: variant, cv_count[, exposure][, user_id | n_users]")
+    p.add_argument("input", help="CSV or Parquet: variant, cv_count[, exposure][, pre_cv_count][, user_id | n_users]")
     p.add_argument("--control", required=True, help="name of the control variant")
     RunOptions.add_arguments(p, RunOptions.SAMPLING)
     p.add_argument("--ci-level", type=float, default=0.95)

@@ -1,12 +1,14 @@
 """``glmm-ab fit``: one experiment from a file, through the engine alone (no Prefect, no dbt).
 
     glmm-ab fit INPUT --control NAME [--metric-type count|conversion|ratio] [--tolerated-drop F]
-                [--method collapsed|latent] [--priors default|article]
+                [--no-covariate] [--method collapsed|latent] [--priors default|article]
                 [--seed N] [--chains N --warmup N --samples N] [--plots-dir DIR] [--json]
 
 INPUT is CSV or Parquet with ``variant``, ``cv_count`` and optionally ``exposure``,
 ``user_id`` (one row per user) or ``n_users`` (rows already counted); a ratio metric
-has its denominator events in ``exposure``. Bad input
+has its denominator events in ``exposure``. A ``pre_cv_count`` column (the same metric's
+count in a pre-period before each user's first exposure; empty for a user with no
+history) is used as a covariate unless ``--no-covariate``. Bad input
 exits with code 2 and writes nothing. ``--plots-dir`` draws the three pictures
 from the fit's result tables.
 """
@@ -73,6 +75,10 @@ def print_result(result, plots: dict[str, str], out=sys.stdout) -> None:
         f"PPC p {d['ppc_p_value']:.3g}; {d['total_seconds']:.1f} s",
         file=out,
     )
+    if d["covariate"] == "pre_period":
+        ratio = _clean(d["covariate_sd_ratio"])
+        print("Pre-period covariate: " + ("sd ratio not computed" if ratio is None else
+              f"beta's posterior sd x {ratio:.3f} against the same users without it"), file=out)
     for row in result.lift.iter_rows(named=True):
         print(f"{row['variant']}: {row['decision']} ({row['decision_reason']})", file=out)
     for name, path in plots.items():
@@ -118,6 +124,7 @@ def cmd_fit(args) -> int:
             planned_split=parse_split(args.split),
             metric_type=args.metric_type,
             tolerated_drop=args.tolerated_drop,
+            covariate=args.use_covariate,
         )
     except ValueError as exc:  # settings out of range (chains, draws, seed, interval level, split)
         raise CliError(str(exc)) from exc
