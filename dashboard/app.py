@@ -94,6 +94,16 @@ def show_diagnostics(row: dict) -> None:
             st.badge(text, color=colour)
 
 
+def covariate_text(row: dict) -> str | None:
+    """What the pre-period covariate bought this pair, or None when it was not used."""
+    ratio = row.get("covariate_sd_ratio")
+    if row.get("covariate") != "pre_period" or ratio is None:
+        return None
+    change = f"{1 - ratio:.0%} narrower" if ratio < 1 else f"{ratio - 1:.0%} wider"
+    return (f"Adjusted for each user's count before the test (pre-period covariate): the effect's interval is "
+            f"{change} than without it (posterior sd x {ratio:.2f}).")
+
+
 def lift_text(row: dict) -> str | None:
     """The primary metric's mean relative lift and its 95% interval, as the overview shows it."""
     if row["primary_relative_lift_mean"] is None:
@@ -153,6 +163,9 @@ def main() -> None:
                f"experiment started {first['experiment_start_at']:%Y-%m-%d}")
     if first.get("metric_type") in METRIC_TYPE_NOTES:
         st.caption(METRIC_TYPE_NOTES[first["metric_type"]])
+    gain = covariate_text(first)
+    if gain:
+        st.caption(gain)
     arms = rows.height + 1
     if arms > 2 and first["prob_best_control"] is not None:
         st.caption(f"Control {md(first['control_variant'])}: P(best of {arms} arms) {first['prob_best_control']:.1%}; "

@@ -6,8 +6,11 @@ drop 5%), converted (did the user purchase at all: a conversion metric) and
 purchases_per_cart (a ratio). The checkout button's buy-now path lifts purchases but
 takes users past the cart, so its guardrail has something to catch. Per-user counts follow
 the source article's data-generating process, NegBin(n=10, p=1/(1+intensity)),
-with intensity = base x (1 + lift) per arm; event times are spread over the
-user's window, over several weeks. A few dirty rows, as real logs have:
+with intensity = base x (1 + lift) per arm, drawn as its Gamma-Poisson mixture so
+that each user's own rate also drives their history: 80% of users have events in
+the 14 days before their first exposure (the pre-period covariate), Poisson with
+half their untreated rate, moved by a lognormal drift (sd 0.3). Event times are
+spread over the user's window, over several weeks. A few dirty rows, as real logs have:
 repeated event deliveries (same event_id), users exposed to two variants, and
 events before the user's first exposure (which must not count).
 """
@@ -18,8 +21,6 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
-
-from glmm_model.simulate import article_counts
 
 from .clock import utc_now
 
@@ -45,6 +46,8 @@ EXPERIMENTS = (
     DemoExperiment("pricing_copy", "old_copy", {"old_copy": 0.0, "new_copy": 0.0}, 300, 14, None),
 )
 EVENTS = {"purchase": 0.3, "add_to_cart": 1.0}  # event name -> base intensity
+NEGBIN_N = 10  # the article's NegBin(n=10, ...): a Gamma(10, intensity) rate per user, then Poisson
+HISTORY_SHARE, PRE_PERIOD_DAYS, PRE_PERIOD_SCALE, PRE_PERIOD_DRIFT = 0.8, 14, 0.5, 0.3
 METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_event, role, tolerated_drop
     ("purchases", "purchase", "count", None, "primary", None),
     ("add_to_cart", "add_to_cart", "count", None, "guardrail", 0.05),
@@ -56,6 +59,7 @@ METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_even
 def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]:
     """The four raw tables as polars frames, anchored ``now`` (midnight today, UTC, by default)."""
     rng = np.random.default_rng(seed)
+    history_rng = np.random.default_rng(seed + 1)  # the pre-period's own stream
     now = now or utc_now().replace(hour=0, minute=0, second=0)
     experiments, assignments, events = [], [], []
     event_seq = 0
@@ -78,12 +82,18 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                 if later < window_end:
                     assignments.append((exp.experiment_id, user, variant, later))
             window = (window_end - first_seen[i]).total_seconds()
+            has_history = history_rng.random() < HISTORY_SHARE
             for event_name, base in EVENTS.items():
-                intensity = base * (1.0 + exp.lift(event_name, variant))
-                (n,) = article_counts(rng, 1, intensity - 1.0)
-                for t in rng.uniform(0, window, n):
+                lift = exp.lift(event_name, variant)
+                rate = rng.gamma(NEGBIN_N, base * (1.0 + lift))  # NegBin(10, 1/(1 + intensity)) as a mixture
+                for t in rng.uniform(0, window, rng.poisson(rate)):
                     event_seq += 1
                     events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] + timedelta(seconds=float(t))))
+                if has_history:  # before the test, the same user without the treatment's lift
+                    pre_rate = rate / (1.0 + lift) * PRE_PERIOD_SCALE * np.exp(history_rng.normal(0.0, PRE_PERIOD_DRIFT))
+                    for t in history_rng.uniform(60, PRE_PERIOD_DAYS * 86400 - 60, history_rng.poisson(pre_rate)):
+                        event_seq += 1
+                        events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] - timedelta(seconds=float(t))))
                 if rng.random() < 0.1:  # an event before exposure: must not count
                     event_seq += 1
                     events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] - timedelta(hours=2)))

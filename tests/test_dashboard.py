@@ -66,6 +66,10 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
     # the page opened on a guardrail: its chance of dropping beyond the tolerance
     assert f"Guardrail: P(drop beyond its tolerated 5%) {row['prob_drop_beyond_tolerance']:.1%}" in \
         [c.value for c in at.caption]
+    # a count metric, adjusted for its users' pre-period counts: what that did to the interval
+    assert row["covariate"] == "pre_period" and 0 < row["covariate_sd_ratio"] < 1.5
+    assert any("pre-period covariate" in c.value and f"posterior sd x {row['covariate_sd_ratio']:.2f}" in c.value
+               for c in at.caption)
 
     # a three-arm experiment: one lift block per treatment
     at.sidebar.selectbox(key="experiment").select("onboarding_flow").run()

@@ -58,7 +58,7 @@ def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
     duck, duck_report, spark_dir, bi, output = spark_run
     assert "raw.events" in output and "succeeded" in output
     assert duck_report.status == "succeeded" and duck_report.failures.height == 0
-    order = "ORDER BY experiment_id, metric_id, variant, cv_count, exposure_days_cell, denominator_count"
+    order = "ORDER BY experiment_id, metric_id, variant, cv_count, exposure_days_cell, denominator_count, pre_cv_count"
     histogram = f"SELECT * FROM main.fct_cv_count_histogram {order}"
     on_duckdb, on_spark = sql(duck, histogram), sql(bi, histogram)
     assert on_duckdb.height > 0 and on_duckdb.equals(on_spark)

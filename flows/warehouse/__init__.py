@@ -175,12 +175,13 @@ HISTOGRAM_SQL = """
            CAST(CASE WHEN m.metric_type = 'ratio' THEN h.denominator_count
                      WHEN m.metric_type = 'count' AND {use_exposure} THEN h.exposure_days_cell
                      ELSE 1 END AS DOUBLE) AS exposure,
+           h.pre_cv_count,
            CAST(SUM(h.n_users) AS BIGINT) AS n_users
     FROM {histogram} AS h
     JOIN {experiments} AS e ON h.experiment_id = e.experiment_id
     JOIN {metrics} AS m ON h.metric_id = m.metric_id
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-    ORDER BY 1, 2, 6, 7, 8
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ORDER BY 1, 2, 6, 7, 8, 9 NULLS LAST
 """
 
 
@@ -207,6 +208,8 @@ def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool) -> l
         histogram = part.drop(keys)
         if metric_type != "ratio" and not (use_exposure and metric_type == "count"):
             histogram = histogram.drop("exposure")
+        if histogram["pre_cv_count"].null_count() == histogram.height:  # no user with history: no covariate
+            histogram = histogram.drop("pre_cv_count")
         pairs.append(PairHistogram(
             experiment_id, metric_id, control, histogram,
             planned_split=tuple(planned[experiment_id]) if experiment_id in planned else None,

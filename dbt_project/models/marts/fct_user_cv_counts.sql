@@ -2,7 +2,8 @@
     Every metric is analysed for every experiment; users with no events count 0;
     users seen in more than one variant are excluded (see dq_assignment_conflicts).
     A conversion metric's count is 1 when the user had at least one event; a ratio
-    metric also carries the user's denominator events. -#}
+    metric also carries the user's denominator events. pre_cv_count: the metric's
+    events in the pre-period before first exposure, NULL for a user with no history. -#}
 with
 
 first_exposures as (
@@ -27,6 +28,12 @@ metrics as (
 conversions as (
 
     select * from {{ ref('int_user_conversions') }}
+
+),
+
+pre_period as (
+
+    select * from {{ ref('int_user_pre_period') }}
 
 ),
 
@@ -77,12 +84,17 @@ final as (
         cast(
             case when user_metrics.metric_type = 'ratio' then coalesce(conversions.denominator_count, 0) end
             as {{ dbt.type_bigint() }}
-        ) as denominator_count
+        ) as denominator_count,
+        cast(pre_period.pre_cv_count as {{ dbt.type_bigint() }}) as pre_cv_count
     from user_metrics
     left join conversions
         on conversions.experiment_id = user_metrics.experiment_id
        and conversions.metric_id = user_metrics.metric_id
        and conversions.user_id = user_metrics.user_id
+    left join pre_period
+        on pre_period.experiment_id = user_metrics.experiment_id
+       and pre_period.metric_id = user_metrics.metric_id
+       and pre_period.user_id = user_metrics.user_id
 
 )
 

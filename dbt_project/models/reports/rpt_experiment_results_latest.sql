@@ -87,7 +87,9 @@ final as (
         diagnostics.ppc_p_value,
         -- runs from before the adjusted value was recorded: the raw one
         coalesce(diagnostics.ppc_p_value_adjusted, diagnostics.ppc_p_value) as ppc_p_value_adjusted,
-        diagnostics.planned_split
+        diagnostics.planned_split,
+        diagnostics.covariate,
+        diagnostics.covariate_sd_ratio
     from ranked as latest
     left join experiments on experiments.experiment_id = latest.experiment_id
     left join diagnostics
