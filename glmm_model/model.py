@@ -50,7 +50,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from . import quadrature as q
-from .model_inputs import DELTA_SCALE, GAMMA_SCALE, CellTier, ConversionCells, CovariateTier, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
+from .model_inputs import DELTA_SCALE, GAMMA_SCALE, CellTier, ConversionCells, PriorArrays, cell_tiers, prior_arrays  # noqa: F401 (re-exported)
 
 
 S_MAX = 50.0  # sd of the per-user log-rate beyond which the density is 0 (see fixed_effects)
