@@ -7,12 +7,14 @@ purchases_per_cart (a ratio). The checkout button's buy-now path lifts purchases
 takes users past the cart, so its guardrail has something to catch. Per-user counts follow
 the source article's data-generating process, NegBin(n=10, p=1/(1+intensity)),
 with intensity = base x (1 + lift) per arm, drawn as its Gamma-Poisson mixture so
-that each user's own rate also drives their history: 80% of users have events in
-the 14 days before their first exposure (the pre-period covariate), Poisson with
-half their untreated rate, moved by a lognormal drift (sd 0.3). Event times are
-spread over the user's window, over several weeks. A few dirty rows, as real logs have:
-repeated event deliveries (same event_id), users exposed to two variants, and
-events before the user's first exposure (which must not count).
+that each user's own rate also drives their history. The checkout button is shown to
+existing shoppers: 80% of its users have events in the 14 days before their first
+exposure (the pre-period covariate), Poisson with half their untreated rate, moved
+by a lognormal drift (sd 0.3); the onboarding flow and the pricing copy are seen by
+new visitors, who have no history. Event times are spread over the user's window,
+over several weeks. A few dirty rows, as real logs have: repeated event deliveries
+(same event_id), users exposed to two variants, and (among the checkout button's
+users) stray events two hours before the first exposure (which must not count).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class DemoExperiment:
     start_days_ago: int
     length_days: int | None  # None: still running
     event_lifts: dict[str, dict[str, float]] | None = None  # event name -> arm -> lift, where it differs
+    history_share: float = 0.0  # users with events in the pre-period (existing users)
 
     def lift(self, event_name: str, variant: str) -> float:
         return (self.event_lifts or {}).get(event_name, self.lifts)[variant]
@@ -41,13 +44,13 @@ class DemoExperiment:
 
 EXPERIMENTS = (
     DemoExperiment("checkout_button", "control", {"control": 0.0, "treatment": 0.25}, 400, 35, 28,
-                   {"add_to_cart": {"control": 0.0, "treatment": -0.15}}),
+                   {"add_to_cart": {"control": 0.0, "treatment": -0.15}}, history_share=0.8),
     DemoExperiment("onboarding_flow", "control", {"control": 0.0, "short_form": 0.15, "video_intro": -0.10}, 600, 21, None),
     DemoExperiment("pricing_copy", "old_copy", {"old_copy": 0.0, "new_copy": 0.0}, 300, 14, None),
 )
 EVENTS = {"purchase": 0.3, "add_to_cart": 1.0}  # event name -> base intensity
 NEGBIN_N = 10  # the article's NegBin(n=10, ...): a Gamma(10, intensity) rate per user, then Poisson
-HISTORY_SHARE, PRE_PERIOD_DAYS, PRE_PERIOD_SCALE, PRE_PERIOD_DRIFT = 0.8, 14, 0.5, 0.3
+PRE_PERIOD_DAYS, PRE_PERIOD_SCALE, PRE_PERIOD_DRIFT = 14, 0.5, 0.3
 METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_event, role, tolerated_drop
     ("purchases", "purchase", "count", None, "primary", None),
     ("add_to_cart", "add_to_cart", "count", None, "guardrail", 0.05),
@@ -82,7 +85,7 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                 if later < window_end:
                     assignments.append((exp.experiment_id, user, variant, later))
             window = (window_end - first_seen[i]).total_seconds()
-            has_history = history_rng.random() < HISTORY_SHARE
+            has_history = history_rng.random() < exp.history_share
             for event_name, base in EVENTS.items():
                 lift = exp.lift(event_name, variant)
                 rate = rng.gamma(NEGBIN_N, base * (1.0 + lift))  # NegBin(10, 1/(1 + intensity)) as a mixture
@@ -94,7 +97,7 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                     for t in history_rng.uniform(60, PRE_PERIOD_DAYS * 86400 - 60, history_rng.poisson(pre_rate)):
                         event_seq += 1
                         events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] - timedelta(seconds=float(t))))
-                if rng.random() < 0.1:  # an event before exposure: must not count
+                if rng.random() < 0.1 and exp.history_share:  # an event before exposure: must not count
                     event_seq += 1
                     events.append((f"e{event_seq:08d}", user, event_name, first_seen[i] - timedelta(hours=2)))
         # two users who also saw another variant: excluded as assignment conflicts

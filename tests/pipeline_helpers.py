@@ -17,10 +17,8 @@ SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
 
 
 def small(**changes) -> RunOptions:
-    """Run options with small sampler settings (2 chains x (200 + 300)), without the pre-period covariate
-    unless asked: it is tested in test_covariate and on the demo's runs (``demo_run``, ``test_spark``);
-    tests of run safety, publishing and raw data pay only for what they test (CI has 40 minutes)."""
-    return RunOptions(**{**SMALL_FLOW, "use_covariate": False, **changes})
+    """Run options with small sampler settings (2 chains x (200 + 300))."""
+    return RunOptions(**{**SMALL_FLOW, **changes})
 EXE = str(Path(sys.executable).with_name("glmm-ab"))
 
 

@@ -16,7 +16,7 @@ from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
 from pipeline_helpers import EXE, small, copy_warehouse, free_port, sql
 
-SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-covariate"]  # see pipeline_helpers.small
+SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
 

@@ -94,6 +94,15 @@ def test_conversion_and_ratio_metrics_run_and_a_guardrail_decides_at_the_experim
                          "AND metric_id = 'purchases_per_cart'", [second.run_id])["top"][0]
     assert exposure > 1
 
+    # the pre-period covariate: the checkout button's shoppers have history, the other experiments' new
+    # visitors none; conversion and ratio metrics are fitted without it
+    covariate = sql(path, "SELECT experiment_id, metric_id, covariate, covariate_sd_ratio FROM glmm.diagnostics "
+                          "WHERE run_id = ?", [second.run_id])
+    adjusted = covariate.filter(pl.col("covariate") == "pre_period")
+    assert sorted(adjusted.select("experiment_id", "metric_id").rows()) == [
+        ("checkout_button", "add_to_cart"), ("checkout_button", "purchases")]
+    assert adjusted["covariate_sd_ratio"].is_between(0.5, 1.5).all() and covariate.height == 12
+
     latest = sql(path, "SELECT * FROM rpt_experiment_results_latest")
     guardrail = latest.filter(pl.col("metric_id") == "add_to_cart")
     assert guardrail["tolerated_drop"].to_list() == [0.05] * 4
