@@ -105,7 +105,10 @@ def raw_tables(variants: list[tuple[str, str, float]] | None) -> dict[str, pl.Da
 def test_the_nightly_job_tests_each_experiment_against_its_split_in_raw_variants(nightly, tmp_path):
     path = tmp_path / "split.duckdb"
     open_warehouse(path).load_raw(raw_tables([("rollout", "control", 90), ("rollout", "treatment", 10)]))
-    report = nightly(warehouse=str(path), as_of=AS_OF, options=small(publish_results=False))
+    # raw_tables' late-assigned users have their only events before their exposure: as a pre-period they
+    # would be a covariate that says nothing about the split this test is about (the fit at 2 x 300 draws
+    # then missed its R-hat threshold), so the split is tested without it
+    report = nightly(warehouse=str(path), as_of=AS_OF, options=small(publish_results=False, use_covariate=False))
     rows = sql(path, """SELECT l.experiment_id, l.decision, d.planned_split, d.srm_p_value
                         FROM glmm.lift l JOIN glmm.diagnostics d USING (run_id, experiment_id, metric_id)
                         WHERE run_id = ? ORDER BY l.experiment_id""", [report.run_id])
