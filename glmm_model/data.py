@@ -308,13 +308,13 @@ def prepare(data, control: str, covariate: bool = True, max_pre_bins: int = MAX_
         has_exposure=has_exposure,
         user_cell=user_cell,
         user_ids=user_ids,
-        **{name: values(cells["pre_bin"].to_numpy()) for name, values in covariate_columns.items()},
+        **{name: by_bin[cells["pre_bin"].to_numpy()] for name, by_bin in covariate_columns.items()},
     )
 
 
 def _bin_pre_period(frame: pl.DataFrame, max_bins: int):
-    """``frame`` with a ``pre_bin`` column (-1: no history), and the per-cell covariate arrays as
-    functions of a cell's bin: its centred mean log1p(pre count), its no-history flag and its range."""
+    """``frame`` with a ``pre_bin`` column (-1: no history), and per bin (index -1, the last slot: no
+    history) the covariate's arrays: the centred mean log1p(pre count), the no-history flag and the range."""
     pre = frame.get_column("pre_cv_count").to_numpy()
     users = frame.get_column("n_users").to_numpy().astype(float)
     history = ~np.isnan(pre)
@@ -336,10 +336,5 @@ def _bin_pre_period(frame: pl.DataFrame, max_bins: int):
     flag = np.concatenate([np.zeros(n_bins, np.int64), [1]])
     low_of = np.concatenate([edges, [-1]])
     high_of = np.concatenate([high, [-1]])
-    columns = {
-        "cell_pre": lambda b: value[b],
-        "cell_no_history": lambda b: flag[b],
-        "cell_pre_low": lambda b: low_of[b],
-        "cell_pre_high": lambda b: high_of[b],
-    }
+    columns = {"cell_pre": value, "cell_no_history": flag, "cell_pre_low": low_of, "cell_pre_high": high_of}
     return frame.with_columns(pl.Series("pre_bin", bin_of)), columns
