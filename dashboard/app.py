@@ -104,6 +104,42 @@ def covariate_text(row: dict) -> str | None:
             f"{change} than without it (posterior sd x {ratio:.2f}).")
 
 
+def spread_text(row: dict) -> str:
+    """How much the effect differs across one dimension's segments, in words."""
+    text = (f"The effect's spread across {md(row['dimension'])} segments (sd, log scale): median "
+            f"{row['effect_spread_median']:.2f}, 95% interval {row['effect_spread_low']:.2f} to "
+            f"{row['effect_spread_high']:.2f}. Segment lifts are pulled toward the overall "
+            f"{pct(row['overall_relative_lift_mean'])} as far as that spread allows.")
+    if not row["valid"]:
+        text += " This breakdown's fit did not converge: do not read its segment lifts."
+    return text
+
+
+def show_segments(table) -> None:
+    """Each dimension's segments: partially pooled lift, interval, P(beat control) and the segment's SRM."""
+    st.subheader("Segments")
+    if table is None or table.height == 0:
+        st.caption("No segment breakdown: add raw.user_segments (user x dimension x segment) to break the "
+                   "primary metrics down by platform, country, ...")
+        return
+    for part in table.partition_by(["dimension", "variant"], maintain_order=True):
+        first = part.row(0, named=True)
+        st.markdown(f"**{md(first['dimension'])}**, {md(first['variant'])}")
+        st.caption(spread_text(first))
+        shown = part.select(
+            segment=part["segment"],
+            users=part["n_users"] + part["n_users_control"],
+            relative_lift=part["relative_lift_mean"],
+            interval=pl.Series([f"{pct(r['relative_lift_low'])} to {pct(r['relative_lift_high'])}"
+                                for r in part.iter_rows(named=True)], dtype=pl.String),
+            p_beat_control=part["prob_beat_control"],
+            srm=pl.when(part["srm_mismatch"]).then(pl.lit("mismatch")).otherwise(pl.lit("ok")),
+        )
+        st.dataframe(shown, hide_index=True, column_config={
+            "relative_lift": st.column_config.NumberColumn(format="percent"),
+            "p_beat_control": st.column_config.NumberColumn(format="percent")})
+
+
 def lift_text(row: dict) -> str | None:
     """The primary metric's mean relative lift and its 95% interval, as the overview shows it."""
     if row["primary_relative_lift_mean"] is None:
@@ -174,6 +210,7 @@ def main() -> None:
         show_lift(row, arms)
     st.markdown("**Diagnostics**")
     show_diagnostics(first)
+    show_segments(data.segments(path, experiment, metric))
 
     run_id = first["run_id"]
     left, right = st.columns(2)

@@ -90,6 +90,22 @@ def latest(path, experiment_id: str, metric_id: str) -> pl.DataFrame:
     """, [experiment_id, metric_id])
 
 
+def segments(path, experiment_id: str, metric_id: str) -> pl.DataFrame | None:
+    """The latest segment breakdowns of the pair (rpt_segment_lift_latest); None for a copy published
+    before the model."""
+    present = query(path, "SELECT count(*) AS n FROM information_schema.tables "
+                          "WHERE table_schema = 'main' AND table_name = 'rpt_segment_lift_latest'")["n"][0]
+    if not present:
+        return None
+    return query(path, """
+        SELECT dimension, variant, segment, n_users, n_users_control, relative_lift_mean, relative_lift_low,
+               relative_lift_high, prob_beat_control, srm_p_value, srm_mismatch, overall_relative_lift_mean,
+               effect_spread_median, effect_spread_low, effect_spread_high, valid
+        FROM main.rpt_segment_lift_latest
+        WHERE experiment_id = ? AND metric_id = ? ORDER BY dimension, variant, segment
+    """, [experiment_id, metric_id])
+
+
 def history(path, experiment_id: str, metric_id: str) -> pl.DataFrame:
     return query(path, """
         SELECT as_of, run_id, variant, relative_lift_mean, relative_lift_low, relative_lift_high,

@@ -15,6 +15,9 @@ new visitors, who have no history. Event times are spread over the user's window
 over several weeks. A few dirty rows, as real logs have: repeated event deliveries
 (same event_id), users exposed to two variants, and (among the checkout button's
 users) stray events two hours before the first exposure (which must not count).
+The checkout button's users also have a platform (raw.user_segments: ios 40%, android
+35%, web 25%; 5% unrecorded), and the buy-now path works better on iOS (+15 points of
+lift on purchases) than on the web (-15): the segment breakdown's example.
 """
 from __future__ import annotations
 
@@ -37,20 +40,27 @@ class DemoExperiment:
     length_days: int | None  # None: still running
     event_lifts: dict[str, dict[str, float]] | None = None  # event name -> arm -> lift, where it differs
     history_share: float = 0.0  # users with events in the pre-period (existing users)
+    platform_lifts: dict[str, float] | None = None  # platform -> added to each treatment's purchase lift
 
-    def lift(self, event_name: str, variant: str) -> float:
-        return (self.event_lifts or {}).get(event_name, self.lifts)[variant]
+
+    def lift(self, event_name: str, variant: str, platform: str | None = None) -> float:
+        lift = (self.event_lifts or {}).get(event_name, self.lifts)[variant]
+        if platform is not None and variant != self.control and event_name == "purchase":
+            lift += self.platform_lifts[platform]
+        return lift
 
 
 EXPERIMENTS = (
     DemoExperiment("checkout_button", "control", {"control": 0.0, "treatment": 0.25}, 400, 35, 28,
-                   {"add_to_cart": {"control": 0.0, "treatment": -0.15}}, history_share=0.8),
+                   {"add_to_cart": {"control": 0.0, "treatment": -0.15}}, history_share=0.8,
+                   platform_lifts={"ios": 0.15, "android": 0.0, "web": -0.15}),
     DemoExperiment("onboarding_flow", "control", {"control": 0.0, "short_form": 0.15, "video_intro": -0.10}, 600, 21, None),
     DemoExperiment("pricing_copy", "old_copy", {"old_copy": 0.0, "new_copy": 0.0}, 300, 14, None),
 )
 EVENTS = {"purchase": 0.3, "add_to_cart": 1.0}  # event name -> base intensity
 NEGBIN_N = 10  # the article's NegBin(n=10, ...): a Gamma(10, intensity) rate per user, then Poisson
 PRE_PERIOD_DAYS, PRE_PERIOD_SCALE, PRE_PERIOD_DRIFT = 14, 0.5, 0.3
+PLATFORMS, PLATFORM_SHARES = ("ios", "android", "web"), (0.4, 0.35, 0.25)
 METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_event, role, tolerated_drop
     ("purchases", "purchase", "count", None, "primary", None),
     ("add_to_cart", "add_to_cart", "count", None, "guardrail", 0.05),
@@ -60,9 +70,11 @@ METRICS = (  # raw.metrics: metric_id, event_name, metric_type, denominator_even
 
 
 def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]:
-    """The four raw tables as polars frames, anchored ``now`` (midnight today, UTC, by default)."""
+    """The raw tables as polars frames, anchored ``now`` (midnight today, UTC, by default)."""
     rng = np.random.default_rng(seed)
     history_rng = np.random.default_rng(seed + 1)  # the pre-period's own stream
+    segment_rng = np.random.default_rng(seed + 2)  # and the platforms'
+    user_segments = []
     now = now or utc_now().replace(hour=0, minute=0, second=0)
     experiments, assignments, events = [], [], []
     event_seq = 0
@@ -86,8 +98,13 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                     assignments.append((exp.experiment_id, user, variant, later))
             window = (window_end - first_seen[i]).total_seconds()
             has_history = history_rng.random() < exp.history_share
+            platform = None
+            if exp.platform_lifts:
+                platform = PLATFORMS[segment_rng.choice(len(PLATFORMS), p=PLATFORM_SHARES)]
+                if segment_rng.random() < 0.95:  # the rest have no recorded platform: '(none)'
+                    user_segments.append((None, user, "platform", platform))
             for event_name, base in EVENTS.items():
-                lift = exp.lift(event_name, variant)
+                lift = exp.lift(event_name, variant, platform)
                 rate = rng.gamma(NEGBIN_N, base * (1.0 + lift))  # NegBin(10, 1/(1 + intensity)) as a mixture
                 for t in rng.uniform(0, window, rng.poisson(rate)):
                     event_seq += 1
@@ -117,4 +134,6 @@ def build(now: datetime | None = None, seed: int = 7) -> dict[str, pl.DataFrame]
                                                        "tolerated_drop": pl.Float64}, orient="row"),
         "assignments": pl.DataFrame(assignments, schema={"experiment_id": pl.String, "user_id": pl.String, "variant": pl.String, "assigned_at": ts}, orient="row"),
         "events": pl.DataFrame(events, schema={"event_id": pl.String, "user_id": pl.String, "event_name": pl.String, "event_at": ts}, orient="row"),
+        "user_segments": pl.DataFrame(user_segments, schema={"experiment_id": pl.String, "user_id": pl.String,
+                                                             "dimension": pl.String, "segment": pl.String}, orient="row"),
     }

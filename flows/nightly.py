@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 
 from glmm_model import FitCancelled, FitTimeout, InputError, __version__, configure, fit
 from glmm_model.schema import SCHEMAS
+from glmm_model.segments import fit_segments
 
 from . import stopping
 from .clock import new_run_id, utc_now
@@ -134,15 +135,25 @@ def load_histograms(warehouse: Warehouse, use_exposure: bool) -> list[PairHistog
 @task(retries=1, retry_delay_seconds=1, retry_condition_fn=_is_transient, cache_policy=NO_CACHE,
       task_run_name="fit-{pair.experiment_id}-{pair.metric_id}")
 def fit_pair(pair: PairHistogram, options: RunOptions) -> dict[str, pl.DataFrame]:
-    """One pair's result tables, keyed by experiment and metric. Pure: nothing read or written."""
+    """One pair's result tables, keyed by experiment and metric, with its segment breakdowns (one
+    fit per dimension). Pure: nothing read or written."""
     configure()  # once per process: this may be a task-runner worker
     if stopping.requested():  # the run is stopping: pairs still queued do not start
         raise FitCancelled("the run is stopping")
     config = options.fit_config(pair.experiment_id, pair.metric_id, pair.planned_split, pair.metric_type,
                                 pair.tolerated_drop)
-    result = fit(pair.histogram, pair.control_variant, config)
+    tables = fit(pair.histogram, pair.control_variant, config).tables()
+    breakdowns = []
+    for dimension, histogram in pair.segments:
+        try:
+            breakdowns.append(fit_segments(histogram, pair.control_variant, config, dimension=dimension).segment_lift)
+        except InputError as exc:  # e.g. every user in one segment: no breakdown, the pair's results stand
+            get_run_logger().warning("%s x %s: no breakdown by %s: %s", pair.experiment_id, pair.metric_id,
+                                     dimension, exc)
+    if breakdowns:
+        tables["segment_lift"] = pl.concat(breakdowns)
     keys = [pl.lit(pair.experiment_id).alias("experiment_id"), pl.lit(pair.metric_id).alias("metric_id")]
-    return {name: table.select(*keys, pl.all()) for name, table in result.tables().items()}
+    return {name: table.select(*keys, pl.all()) for name, table in tables.items()}
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

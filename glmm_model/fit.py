@@ -21,7 +21,7 @@ from .config import FitConfig, SamplerConfig
 from .data import ExperimentData, InputError, prepare
 from .model_inputs import prior_arrays
 from .sampling import FitTimeout, Posterior, sample
-from .schema import SCHEMAS, frame
+from .schema import FIT_TABLES, frame
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class FitResult:
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """The result tables by name, as the warehouse stores them."""
-        return {name: getattr(self, name) for name in SCHEMAS}
+        return {name: getattr(self, name) for name in FIT_TABLES}
 
     def user_estimates_by_user(self) -> pl.DataFrame:
         """One row per input user (input order): their cell's rate estimate, with ``user_id`` when given."""

@@ -38,6 +38,37 @@ class CellTier(NamedTuple):
 
 
 GAMMA_SCALE, DELTA_SCALE = 1.0, 2.5  # priors of the pre-period covariate's coefficients (see .model)
+# the segment models' priors: a segment's level around beta0 (Normal sd), the effect spread (half-normal)
+SEGMENT_LEVEL_SCALE, EFFECT_SPREAD_SCALE = 1.0, 0.25
+
+
+def segment_effect_variance(data: ExperimentData, segment: np.ndarray, n_segments: int) -> np.ndarray:
+    """Each segment x treatment's squared standard error of its log rate ratio (K x T), from the
+    cells' means and variances (at least Poisson's); inf where an arm has no users or no events.
+    :func:`.model.segment_effects` centres a segment's effect by it."""
+    out = np.zeros((n_segments, data.num_arms - 1))
+    for k in range(n_segments):
+        var_log_mean = np.full(data.num_arms, np.inf)
+        for g in range(data.num_arms):
+            mask = (segment == k) & (data.cell_arm == g)
+            n = float(data.cell_users[mask].sum())
+            if n < 2:
+                continue
+            rate = data.cell_count[mask] / data.cell_exposure[mask]
+            mean = float(np.average(rate, weights=data.cell_users[mask]))
+            if mean > 0:
+                var = float(np.average((rate - mean) ** 2, weights=data.cell_users[mask]))
+                var_log_mean[g] = max(var, mean) / (n * mean * mean)
+        out[k] = var_log_mean[0] + var_log_mean[1:]
+    return out
+
+
+class SegmentTier(NamedTuple):
+    """The segment (0-based index) of one tier's cells, and each segment x treatment's squared
+    standard error of its effect (K x T, the same in every tier; see :func:`.model.segment_effects`)."""
+
+    segment: np.ndarray
+    effect_variance: np.ndarray
 
 
 class CovariateTier(NamedTuple):
@@ -107,6 +138,15 @@ def _padded_size(n: int, floor: int = 1) -> int:
 def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
     """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
     return tuple(tier for tier, _ in _tiers(data))
+
+
+def padded_per_tier(data: ExperimentData, values: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
+    """One array per :func:`cell_tiers` tier: ``values`` (one per cell) split and padded (0) the same way."""
+    out = []
+    for t, (mask, _) in enumerate(q.tier_masks(data.cell_count)):
+        size = _padded_size(int(mask.sum()), MIN_TIER_CELLS if t else 1)
+        out.append(np.concatenate([values[mask], np.zeros(size - int(mask.sum()))]).astype(dtype))
+    return tuple(out)
 
 
 def covariate_tiers(data: ExperimentData) -> tuple[CovariateTier, ...]:

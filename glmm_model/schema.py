@@ -48,7 +48,16 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "count_low": I, "count_high": I, "probability": F,
     },
     "rate_density": {"variant": S, "is_control": B, "rate_low": F, "rate_high": F, "density": F},
+    # the segment breakdowns (glmm_model.segments), one row per dimension x segment x treatment
+    "segment_lift": {
+        "dimension": S, "segment": S, "variant": S, "control_variant": S, "n_users": I, "n_users_control": I,
+        "relative_lift_mean": F, "relative_lift_low": F, "relative_lift_high": F, "prob_beat_control": F,
+        "srm_p_value": F, "n_segments": I, "effect_spread_median": F, "effect_spread_low": F,
+        "effect_spread_high": F, "max_r_hat": F, "divergences": I, "valid": B,
+    },
 }
+# the tables of one fit (glmm_model.fit); the segment breakdowns come from glmm_model.segments
+FIT_TABLES = tuple(name for name in SCHEMAS if name != "segment_lift")
 
 
 def frame(table: str, rows: list[dict]) -> pl.DataFrame:
@@ -189,6 +198,26 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "rate_low": "Lower edge of the rate bin (conversions per user, per unit exposure).",
         "rate_high": "Upper edge of the rate bin.",
         "density": "Density of a random user's estimated rate mu in the bin (the article's TG/CG plot).",
+    },
+    "segment_lift": {
+        "dimension": "What the segments divide users by (raw.user_segments.dimension: platform, country, ...).",
+        "segment": "The segment; '(none)' for the experiment's users without one, '(multiple)' for users whose raw rows disagree.",
+        "variant": "Treatment variant.",
+        "control_variant": "Control variant.",
+        "n_users": "Users of the segment in the treatment arm.",
+        "n_users_control": "Users of the segment in the control arm.",
+        "relative_lift_mean": "Posterior mean of the segment's relative lift exp(beta + b_segment) - 1, partially pooled toward the overall effect (y ~ arm + (1 + arm | segment) + (1 | user)).",
+        "relative_lift_low": "Lower bound of its equal-tailed interval (runs.config ci_level).",
+        "relative_lift_high": "Upper bound of its equal-tailed interval.",
+        "prob_beat_control": "P(the segment's lift > 0).",
+        "srm_p_value": "The segment's own sample-ratio-mismatch p-value against the planned split (chi-squared).",
+        "n_segments": "Segments of the dimension in the fit.",
+        "effect_spread_median": "Posterior median of the sd of the treatment effect across the dimension's segments (log scale, HalfNormal(0.25) prior): near 0 means every segment responds alike. The same on each of the dimension's rows.",
+        "effect_spread_low": "Lower bound of the spread's equal-tailed interval.",
+        "effect_spread_high": "Upper bound of the spread's equal-tailed interval.",
+        "max_r_hat": "Largest R-hat of the segment model's parameters.",
+        "divergences": "Divergent transitions after warmup in the kept run (refitted like the main fit).",
+        "valid": "True when R-hat and divergences pass the main fit's rules; false: do not read the segment lifts.",
     },
 }
 

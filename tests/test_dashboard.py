@@ -86,6 +86,22 @@ def test_app_shows_lift_decision_diagnostics_pictures_and_health(demo_run, monke
 
     at.sidebar.selectbox(key="metric").select("converted").run()
     assert not at.exception and any("A conversion metric" in c.value for c in at.caption)
+    assert "Segments" in [s.value for s in at.subheader]
+    assert any("No segment breakdown" in c.value for c in at.caption)  # a secondary metric: none
+
+    # the primary metric of the experiment with platforms: its segments, as rpt_segment_lift_latest has them
+    at.sidebar.selectbox(key="experiment").select("checkout_button").run()
+    at.sidebar.selectbox(key="metric").select("purchases").run()
+    assert not at.exception
+    segments = sql(bi, "SELECT * FROM rpt_segment_lift_latest WHERE experiment_id = 'checkout_button' "
+                       "AND metric_id = 'purchases' ORDER BY segment")
+    assert segments["segment"].to_list() == ["(none)", "android", "ios", "web"]
+    shown = next(d.value for d in at.dataframe if "segment" in d.value.columns)
+    assert shown["segment"].tolist() == segments["segment"].to_list()
+    assert shown["relative_lift"].tolist() == pytest.approx(segments["relative_lift_mean"].to_list())
+    spread = segments.row(0, named=True)
+    assert any(f"median {spread['effect_spread_median']:.2f}" in c.value and "platform" in c.value
+               for c in at.caption)
 
 
 def test_ids_from_raw_data_are_shown_as_text_not_rendered_as_markdown(demo_run, monkeypatch, tmp_path):

@@ -61,9 +61,9 @@ def test_parameter_recovery_with_exposure_offsets(small_config):
 
 def test_outputs_follow_the_schema_and_are_consistent(article_data, small_config, tmp_path):
     result = fit(article_data, "CG", small_config)
-    for name, schema in SCHEMAS.items():
-        table = getattr(result, name)
-        assert dict(table.schema) == schema, name
+    assert set(result.tables()) == set(SCHEMAS) - {"segment_lift"}
+    for name, table in result.tables().items():
+        assert dict(table.schema) == SCHEMAS[name], name
     assert result.posterior_summary["parameter"].to_list() == ["beta0", "beta", "s"]
     assert result.posterior_summary["variant"].to_list() == [None, "TG", None]
     lift = result.lift.row(0, named=True)

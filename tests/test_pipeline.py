@@ -122,6 +122,30 @@ def test_conversion_and_ratio_metrics_run_and_a_guardrail_decides_at_the_experim
     assert checkout["days_running"] == 28.0  # an ended experiment: start to end
 
 
+def test_the_primary_metric_is_broken_down_by_the_demos_platforms(demo_run):
+    """raw.user_segments gives the checkout button's users a platform (5% have none): its primary metric
+    (purchases) gets one partially pooled lift per platform, every user counted once, and the report model
+    shows the latest run's breakdown beside the overall lift. Other metrics and experiments have none."""
+    path, _, second = demo_run
+    rows = sql(path, "SELECT * FROM glmm.segment_lift WHERE run_id = ? ORDER BY segment", [second.run_id])
+    assert set(rows.select("experiment_id", "metric_id", "dimension", "variant").rows()) == {
+        ("checkout_button", "purchases", "platform", "treatment")}
+    assert rows["segment"].to_list() == ["(none)", "android", "ios", "web"]
+    lift = sql(path, "SELECT * FROM glmm.lift WHERE run_id = ? AND experiment_id = 'checkout_button' "
+                     "AND metric_id = 'purchases'", [second.run_id]).row(0, named=True)
+    assert rows["n_users"].sum() == lift["n_users"] and rows["n_users_control"].sum() == lift["n_users_control"]
+    assert (rows["n_segments"] == 4).all() and rows["valid"].n_unique() == 1
+    # valid: the main fit's rules (R-hat <= 1.01, no divergences), which 2 x 300 draws may miss
+    assert rows["valid"][0] == (rows["max_r_hat"][0] <= 1.01 and rows["divergences"][0] == 0)
+    assert (rows["relative_lift_low"] < rows["relative_lift_mean"]).all()
+    assert (rows["relative_lift_mean"] < rows["relative_lift_high"]).all()
+    assert rows["srm_p_value"].is_between(0, 1).all() and rows["effect_spread_median"].n_unique() == 1
+    report = sql(path, "SELECT * FROM rpt_segment_lift_latest ORDER BY segment")
+    assert report["segment"].to_list() == rows["segment"].to_list() and (report["run_id"] == second.run_id).all()
+    assert report["relative_lift_mean"].to_list() == rows["relative_lift_mean"].to_list()
+    assert (report["overall_relative_lift_mean"] == lift["relative_lift_mean"]).all()
+
+
 def test_health_report_flags_the_planted_assignment_conflicts(demo_run):
     path, _, second = demo_run
     health = sql(path, "SELECT * FROM rpt_experiment_health ORDER BY experiment_id, metric_id")

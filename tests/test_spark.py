@@ -66,6 +66,10 @@ def test_the_nightly_job_on_spark_gives_duckdbs_histograms_and_lift(spark_run):
     duck_lift = sql(duck, lift.replace("FROM glmm.lift", "FROM glmm.lift WHERE run_id = ?"), [duck_report.run_id])
     spark_lift = sql(bi, lift)
     assert duck_lift.height == 16 and duck_lift.equals(spark_lift.select(duck_lift.columns))
+    # the segment breakdown (raw.user_segments through Spark's int_user_segments and fct_segment_histogram)
+    segments = "SELECT * EXCLUDE (run_id) FROM glmm.segment_lift {} ORDER BY experiment_id, metric_id, dimension, segment"
+    duck_segments = sql(duck, segments.format("WHERE run_id = ?"), [duck_report.run_id])
+    assert duck_segments.height == 4 and duck_segments.equals(sql(bi, segments.format("")).select(duck_segments.columns))
     # the experiment-level decisions, built on Spark (listagg, concat and datediff in its dialect), follow the rule
     latest = sql(bi, "SELECT * FROM main.rpt_experiment_results_latest")
     decisions = sql(bi, "SELECT * FROM main.rpt_experiment_decisions ORDER BY experiment_id, variant")

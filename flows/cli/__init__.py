@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _command(sub, "fit", "fit", "fit one experiment from a CSV or Parquet file of per-user counts")
-    p.add_argument("input", help="CSV or Parquet: variant, cv_count[, exposure][, pre_cv_count][, user_id | n_users]")
+    p.add_argument("input", help="CSV or Parquet: variant, cv_count[, exposure][, pre_cv_count][, segment][, user_id | n_users]")
     p.add_argument("--control", required=True, help="name of the control variant")
     RunOptions.add_arguments(p, RunOptions.SAMPLING)
     p.add_argument("--ci-level", type=float, default=0.95)

@@ -8,7 +8,10 @@ INPUT is CSV or Parquet with ``variant``, ``cv_count`` and optionally ``exposure
 ``user_id`` (one row per user) or ``n_users`` (rows already counted); a ratio metric
 has its denominator events in ``exposure``. A ``pre_cv_count`` column (the same metric's
 count in a pre-period before each user's first exposure; empty for a user with no
-history) is used as a covariate unless ``--no-covariate``. Bad input
+history) is used as a covariate unless ``--no-covariate``. A ``segment`` column (one
+dimension: platform, country, ...) adds a breakdown with partial pooling: each segment's
+shrunk lift, interval, P(beat control) and own SRM p-value, and the spread of the effect
+across segments (``--json``: ``segment_lift`` and ``segment_spread`` lists). Bad input
 exits with code 2 and writes nothing. ``--plots-dir`` draws the three pictures
 from the fit's result tables.
 """
@@ -27,6 +30,8 @@ LIFT_COLUMNS = [
     "prob_beat_control", "prob_best", "expected_loss_ship", "prob_in_rope", "decision",
 ]
 GUARDRAIL_COLUMNS = ["tolerated_drop", "prob_drop_beyond_tolerance"]
+SEGMENT_COLUMNS = ["segment", "variant", "n_users", "relative_lift_mean", "relative_lift_low", "relative_lift_high",
+                   "prob_beat_control", "srm_p_value"]
 
 
 def read_table(path: str):
@@ -85,6 +90,21 @@ def print_result(result, plots: dict[str, str], out=sys.stdout) -> None:
         print(f"plot {name}: {path}", file=out)
 
 
+def print_segments(segments, out=sys.stdout) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=160, float_precision=4,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        print(f"\nSegments ('{segments.dimension}', partially pooled toward the overall effect)", file=out)
+        print(segments.segment_lift.select(SEGMENT_COLUMNS), file=out)
+    for row in segments.segment_spread.iter_rows(named=True):
+        flag = "" if row["valid"] else (f"  INVALID: max R-hat {row['max_r_hat']:.3f}, {row['divergences']} "
+                                        "divergences; do not read these segment lifts")
+        print(f"{row['variant']}: spread of the effect across segments (sd, log scale) median "
+              f"{row['effect_spread_median']:.3f}, interval {row['effect_spread_low']:.3f} to "
+              f"{row['effect_spread_high']:.3f}{flag}", file=out)
+
+
 def _split_text(planned_split_json: str) -> str:
     return "/".join(f"{variant} {share:.0%}" for variant, share in json.loads(planned_split_json).items())
 
@@ -131,6 +151,11 @@ def cmd_fit(args) -> int:
     configure()
     try:
         result = fit(data, args.control, config)
+        segments = None
+        if "segment" in data.columns:
+            from glmm_model.segments import fit_segments
+
+            segments = fit_segments(data, args.control, config)
     except InputError as exc:
         raise CliError(str(exc)) from exc
     plots = {}
@@ -140,8 +165,13 @@ def cmd_fit(args) -> int:
         plots = write_plots(result.tables(), args.plots_dir)
     if args.json:
         payload = {name: _json_rows(getattr(result, name)) for name in ("posterior_summary", "lift", "diagnostics")}
+        if segments is not None:
+            payload["segment_lift"] = _json_rows(segments.segment_lift)
+            payload["segment_spread"] = _json_rows(segments.segment_spread)
         json.dump(payload, sys.stdout, indent=2, allow_nan=False)
         print()
     else:
         print_result(result, plots)
+        if segments is not None:
+            print_segments(segments)
     return 0

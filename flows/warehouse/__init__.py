@@ -55,7 +55,8 @@ class PairHistogram:
     ``variant``, ``cv_count``, ``n_users`` (and ``exposure`` when the run uses it, or the
     denominator's events of a ratio metric); ``planned_split`` is the experiment's declared
     traffic split, if any; ``metric_type`` and ``tolerated_drop`` (a guardrail's) come from the
-    metric's definition."""
+    metric's definition; ``segments`` the histograms of its segment breakdowns (primary count and
+    ratio metrics of experiments with raw.user_segments rows)."""
 
     experiment_id: str
     metric_id: str
@@ -64,6 +65,8 @@ class PairHistogram:
     planned_split: tuple[tuple[str, float], ...] | None = None  # raw.variants' (variant, weight); None: equal
     metric_type: str = "count"
     tolerated_drop: float | None = None
+    # (dimension, histogram with a 'segment' column) per dimension of the segment breakdowns
+    segments: tuple[tuple[str, "pl.DataFrame"], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,13 +171,16 @@ class Warehouse(Protocol):
         """Remove the warehouse and everything in it (the demo's ``--force``)."""
 
 
+# A cell's exposure: a ratio metric's denominator, else the days (when the run uses them) or 1
+_EXPOSURE_SQL = """CAST(CASE WHEN m.metric_type = 'ratio' THEN h.denominator_count
+                     WHEN m.metric_type = 'count' AND {use_exposure} THEN h.exposure_days_cell
+                     ELSE 1 END AS DOUBLE) AS exposure"""
+
 HISTOGRAM_SQL = """
     SELECT h.experiment_id, h.metric_id, e.control_variant, m.metric_type,
            CASE WHEN m.role = 'guardrail' THEN COALESCE(m.tolerated_drop, 0.0) END AS tolerated_drop,
            h.variant, h.cv_count,
-           CAST(CASE WHEN m.metric_type = 'ratio' THEN h.denominator_count
-                     WHEN m.metric_type = 'count' AND {use_exposure} THEN h.exposure_days_cell
-                     ELSE 1 END AS DOUBLE) AS exposure,
+           {exposure},
            h.pre_cv_count,
            CAST(SUM(h.n_users) AS BIGINT) AS n_users
     FROM {histogram} AS h
@@ -184,36 +190,63 @@ HISTOGRAM_SQL = """
     ORDER BY 1, 2, 6, 7, 8, 9 NULLS LAST
 """
 
+SEGMENT_HISTOGRAM_SQL = """
+    SELECT h.experiment_id, h.metric_id, h.dimension, h.segment, h.variant, h.cv_count,
+           {exposure},
+           CAST(SUM(h.n_users) AS BIGINT) AS n_users
+    FROM {histogram} AS h
+    JOIN {metrics} AS m ON h.metric_id = m.metric_id
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""
+
 
 def histogram_sql(use_exposure: bool, histogram: str, experiments: str, metrics: str) -> str:
     """The one query (portable SQL) that reads every pair's histogram with its metric's type and
     tolerance, given the engine's names of ``fct_cv_count_histogram``, ``stg_experiments`` and
     ``stg_metrics``: exposure is a ratio metric's denominator, else the days (when the run uses
     them) or 1 (then dropped by :func:`histogram_pairs`)."""
-    return HISTOGRAM_SQL.format(use_exposure="TRUE" if use_exposure else "FALSE", histogram=histogram,
-                                experiments=experiments, metrics=metrics)
+    exposure = _EXPOSURE_SQL.format(use_exposure="TRUE" if use_exposure else "FALSE")
+    return HISTOGRAM_SQL.format(exposure=exposure, histogram=histogram, experiments=experiments, metrics=metrics)
 
 
-def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool) -> list[PairHistogram]:
-    """The pairs of the histogram query (:func:`histogram_sql`) and the planned splits
-    (``(experiment_id, variant, traffic_weight)`` rows, ordered): what every engine's
-    :meth:`Warehouse.load_histograms` returns."""
+def segment_histogram_sql(use_exposure: bool, histogram: str, metrics: str) -> str:
+    """The segment breakdowns' histograms (portable SQL), given the engine's names of
+    ``fct_segment_histogram`` and ``stg_metrics``; exposure as in :func:`histogram_sql`."""
+    exposure = _EXPOSURE_SQL.format(use_exposure="TRUE" if use_exposure else "FALSE")
+    return SEGMENT_HISTOGRAM_SQL.format(exposure=exposure, histogram=histogram, metrics=metrics)
+
+
+def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool,
+                    segment_rows: "pl.DataFrame | None" = None) -> list[PairHistogram]:
+    """The pairs of the histogram query (:func:`histogram_sql`), the planned splits
+    (``(experiment_id, variant, traffic_weight)`` rows, ordered) and the segment histograms
+    (:func:`segment_histogram_sql`): what every engine's :meth:`Warehouse.load_histograms` returns."""
     planned: dict[str, list[tuple[str, float]]] = {}
     for experiment_id, variant, weight in planned_rows:
         planned.setdefault(experiment_id, []).append((variant, weight))
+    by_pair: dict[tuple[str, str], list[tuple[str, "pl.DataFrame"]]] = {}
+    if segment_rows is not None and segment_rows.height:
+        for part in segment_rows.partition_by(["experiment_id", "metric_id", "dimension"], maintain_order=True):
+            key = (part["experiment_id"][0], part["metric_id"][0])
+            by_pair.setdefault(key, []).append((part["dimension"][0], part.drop("experiment_id", "metric_id",
+                                                                                  "dimension")))
     keys = ["experiment_id", "metric_id", "control_variant", "metric_type", "tolerated_drop"]
     pairs = []
     for part in rows.partition_by(["experiment_id", "metric_id"], maintain_order=True):
         experiment_id, metric_id, control, metric_type, tolerated_drop = (part[k][0] for k in keys)
         histogram = part.drop(keys)
-        if metric_type != "ratio" and not (use_exposure and metric_type == "count"):
+        keep_exposure = metric_type == "ratio" or (use_exposure and metric_type == "count")
+        if not keep_exposure:
             histogram = histogram.drop("exposure")
         if histogram["pre_cv_count"].null_count() == histogram.height:  # no user with history: no covariate
             histogram = histogram.drop("pre_cv_count")
+        segments = tuple((dimension, frame if keep_exposure else frame.drop("exposure"))
+                         for dimension, frame in by_pair.get((experiment_id, metric_id), []))
         pairs.append(PairHistogram(
             experiment_id, metric_id, control, histogram,
             planned_split=tuple(planned[experiment_id]) if experiment_id in planned else None,
-            metric_type=metric_type, tolerated_drop=tolerated_drop))
+            metric_type=metric_type, tolerated_drop=tolerated_drop, segments=segments))
     return pairs
 
 

@@ -27,8 +27,8 @@ from glmm_model.schema import SCHEMAS
 from ..clock import utc_now
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
-from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs, histogram_sql,
-               stage_seconds_json)
+from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs,
+               histogram_sql, segment_histogram_sql, stage_seconds_json)
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
@@ -173,7 +173,9 @@ def load_histograms(con, use_exposure: bool) -> list[PairHistogram]:
                                     name(con, "main", "stg_experiments"), name(con, "main", "stg_metrics")))
     planned = con.execute(f"SELECT experiment_id, variant, traffic_weight FROM {name(con, 'main', 'stg_variants')} "
                           "ORDER BY experiment_id, variant").fetchall()
-    return histogram_pairs(rows, planned, use_exposure)
+    segments = query(con, segment_histogram_sql(use_exposure, name(con, "main", "fct_segment_histogram"),
+                                                name(con, "main", "stg_metrics")))
+    return histogram_pairs(rows, planned, use_exposure, segments)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ RAW_DDL = {
 # Optional raw tables: read when present (checked like the others), never created by glmm-ab.
 OPTIONAL_RAW_DDL = {
     "variants": "experiment_id VARCHAR, variant VARCHAR, traffic_weight DOUBLE",
+    "user_segments": "experiment_id VARCHAR, user_id VARCHAR, dimension VARCHAR, segment VARCHAR",
 }
 
 # Optional columns of a contract table: read when present (checked like the others), a default when not.

@@ -34,7 +34,7 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               histogram_pairs, histogram_sql, stage_seconds_json)
+               histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
 
@@ -240,7 +240,8 @@ class SparkWarehouse:
                                         "main.stg_metrics"))
         planned = self.query("SELECT experiment_id, variant, traffic_weight FROM main.stg_variants "
                              "ORDER BY experiment_id, variant")
-        return histogram_pairs(rows, planned.rows(), use_exposure)
+        segments = self.query(segment_histogram_sql(use_exposure, "main.fct_segment_histogram", "main.stg_metrics"))
+        return histogram_pairs(rows, planned.rows(), use_exposure, segments)
 
     def write_run(self, run: RunRecord, results: dict[str, pl.DataFrame], failures: pl.DataFrame,
                   message: str | None) -> None:

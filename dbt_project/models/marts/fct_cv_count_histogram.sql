@@ -24,10 +24,7 @@ cells as (
         user_counts.metric_id,
         user_counts.variant,
         user_counts.cv_count,
-        case
-            when user_counts.exposure_days <= 1 then 1
-            else cast(ceil(user_counts.exposure_days) as {{ dbt.type_int() }})
-        end as exposure_days_cell,
+        {{ exposure_days_cell('user_counts.exposure_days') }} as exposure_days_cell,
         user_counts.denominator_count,
         case when metrics.metric_type = 'count' then user_counts.pre_cv_count end as pre_cv_count
     from user_counts
