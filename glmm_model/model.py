@@ -155,16 +155,20 @@ def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=No
         gamma = numpyro.sample("gamma", dist.Normal(0.0, GAMMA_SCALE))
         delta = numpyro.sample("delta", dist.Normal(0.0, DELTA_SCALE))
     for t, tier in enumerate(tiers):
-        obs = None if cv_count is None else cv_count[t]
         eta = beta0 + beta_full[tier.arm] + tier.log_exposure
         if covariate is not None:
             eta = eta + gamma * covariate[t].pre + delta * covariate[t].no_history
-        with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
-            d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
-            if obs is None:
-                numpyro.sample(f"cv_count_{t}", d)
-            else:
-                numpyro.factor(f"cv_count_{t}", cell_log_likelihood(d.log_prob(obs), tier.weight))
+        tier_cells(t, tier, eta, s, cv_count)
+
+
+def tier_cells(t: int, tier: CellTier, eta, s, cv_count) -> None:
+    """Tier t's cells given their linear predictor: drawn (``cv_count`` None) or observed, weighted."""
+    with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
+        d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
+        if cv_count is None:
+            numpyro.sample(f"cv_count_{t}", d)
+        else:
+            numpyro.factor(f"cv_count_{t}", cell_log_likelihood(d.log_prob(cv_count[t]), tier.weight))
 
 
 def segment_effects(beta_full, se2):
@@ -212,15 +216,8 @@ def segment_model(tiers: tuple[CellTier, ...], segments: tuple[SegmentTier, ...]
     beta0, beta_full, s = fixed_effects(prior)
     a, b_full = segment_effects(beta_full, segments[0].effect_variance)
     for t, tier in enumerate(tiers):
-        obs = None if cv_count is None else cv_count[t]
         k = segments[t].segment
-        eta = beta0 + beta_full[tier.arm] + a[k] + b_full[k, tier.arm] + tier.log_exposure
-        with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
-            d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
-            if obs is None:
-                numpyro.sample(f"cv_count_{t}", d)
-            else:
-                numpyro.factor(f"cv_count_{t}", cell_log_likelihood(d.log_prob(obs), tier.weight))
+        tier_cells(t, tier, beta0 + beta_full[tier.arm] + a[k] + b_full[k, tier.arm] + tier.log_exposure, s, cv_count)
 
 
 def latent_model(arm, log_exposure, prior: PriorArrays, cv_count=None):

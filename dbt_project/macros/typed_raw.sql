@@ -67,3 +67,11 @@
         cast({{ column }} as {{ dbt.type_string() }})
     {%- endif -%}
 {%- endmacro %}
+
+{#- An optional raw table's relation when the warehouse has it, else none (and none while parsing):
+    its staging model then selects no rows of the same columns. -#}
+{% macro optional_raw_relation(table) -%}
+    {%- set declared = source('raw', table) -%}
+    {{ return(adapter.get_relation(database=declared.database, schema=declared.schema,
+                                   identifier=declared.identifier) if execute else none) }}
+{%- endmacro %}

@@ -1,8 +1,6 @@
 {#- raw.user_segments is optional: a warehouse without it breaks nothing down, and this model is then
     empty. Rows missing the user, the dimension or the segment say nothing and are dropped. -#}
-{%- set declared = source('raw', 'user_segments') -%}
-{%- set relation = adapter.get_relation(database=declared.database, schema=declared.schema,
-                                        identifier=declared.identifier) if execute else none -%}
+{%- set relation = optional_raw_relation('user_segments') -%}
 
 with
 
@@ -10,7 +8,7 @@ with
 
 source as (
 
-    select * from {{ declared }}
+    select * from {{ source('raw', 'user_segments') }}
 
 ),
 

@@ -1,8 +1,6 @@
 {#- raw.variants is optional: a warehouse without it plans an equal split for every experiment,
     and this model is then empty. Declared weights need not sum to 1: the fit normalises them. -#}
-{%- set declared = source('raw', 'variants') -%}
-{%- set relation = adapter.get_relation(database=declared.database, schema=declared.schema,
-                                        identifier=declared.identifier) if execute else none -%}
+{%- set relation = optional_raw_relation('variants') -%}
 
 with
 
@@ -10,7 +8,7 @@ with
 
 source as (
 
-    select * from {{ declared }}
+    select * from {{ source('raw', 'variants') }}
 
 ),
 
