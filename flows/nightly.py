@@ -147,7 +147,7 @@ def fit_pair(pair: PairHistogram, options: RunOptions) -> dict[str, pl.DataFrame
     for dimension, histogram in pair.segments:
         try:
             breakdowns.append(fit_segments(histogram, pair.control_variant, config, dimension=dimension).segment_lift)
-        except InputError as exc:  # e.g. every user in one segment: no breakdown, the pair's results stand
+        except (InputError, FitTimeout) as exc:  # one segment only, or out of time: the pair's results stand
             get_run_logger().warning("%s x %s: no breakdown by %s: %s", pair.experiment_id, pair.metric_id,
                                      dimension, exc)
     if breakdowns:
