@@ -10,12 +10,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: telemetry would log errors
 os.environ.setdefault("GLMM_AB_JAX_CACHE", os.path.join(tempfile.gettempdir(), "glmm-ab-test-jax-cache"))
 os.environ.setdefault("GLMM_AB_DBT_STATE", tempfile.mkdtemp(prefix="glmm-ab-dbt-state-"))
-# Under pytest-xdist each worker gets its own Prefect home and dbt state, so one worker's runs never
-# wait on (or time out behind) the other's; the compiled-program cache is shared on purpose.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    for _name in ("PREFECT_HOME", "GLMM_AB_DBT_STATE"):
-        os.environ[_name] = os.path.join(os.environ[_name], os.environ["PYTEST_XDIST_WORKER"])
-        os.makedirs(os.environ[_name], exist_ok=True)
 
 import numpy as np
 import polars as pl
