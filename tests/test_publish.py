@@ -48,7 +48,8 @@ def test_each_run_publishes_every_result_table_to_the_bi_copy(demo_run):
                                                  "main.fct_cv_count_histogram", "main.dq_assignment_conflicts", "main.dq_data_issues",
                                                  "main.rpt_experiment_results_latest", "main.rpt_lift_history",
                                                  "main.rpt_experiment_decisions",
-                                                 "main.rpt_experiment_health", "main.bi_publication"}
+                                                 "main.rpt_experiment_health", "main.bi_publication",
+                                                 "main.fct_segment_histogram", "main.rpt_segment_lift_latest"}
     assert names == expected  # raw logs and dbt's staging views stay in the warehouse
     for name, rows in second.publication.rows.items():
         assert sql(path, f"SELECT count(*) AS n FROM {name}")["n"][0] == rows, name
