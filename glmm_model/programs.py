@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -44,7 +45,13 @@ class Program(NamedTuple):
     arg_avals: tuple
 
 
-_loaded: dict[str, Program] = {}
+# The programs this process holds, newest last. Each compiled NUTS program maps ~1,500 memory
+# regions (XLA:CPU's JIT-linked kernels) until it is dropped, and Linux allows 65,530 per process
+# (vm.max_map_count): holding every program a long-lived process ever loaded aborted it inside XLA
+# after ~40. Past MAX_LOADED the least recently used one is dropped (its maps with it); needed
+# again, it comes back from the persistent cache.
+MAX_LOADED = 12
+_loaded: OrderedDict[str, Program] = OrderedDict()
 
 
 def cache_dir() -> Path:
@@ -109,6 +116,7 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
 
     key = program_key(name, settings, data)
     if key in _loaded:
+        _loaded.move_to_end(key)
         return _loaded[key]
     path = cache_dir() / "programs" / f"{name}-{key}.jax"
     exported = None
@@ -127,4 +135,6 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
     arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
     program = Program(call=jax.jit(exported.call), arg_avals=tuple(arg_avals))
     _loaded[key] = program
+    while len(_loaded) > MAX_LOADED:
+        _loaded.popitem(last=False)
     return program

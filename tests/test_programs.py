@@ -55,3 +55,30 @@ def test_key_changes_with_shapes_and_settings():
     assert program_key("p", {"warmup": 400}, data) != base
     assert program_key("p", {"warmup": 500}, ({"x": np.zeros(12)},)) != base
     assert program_key("p", {"warmup": 500}, ({"x": np.zeros(8, np.int32)},)) != base
+
+
+def test_a_long_lived_process_holds_a_bounded_number_of_programs(monkeypatch):
+    """Each loaded NUTS program maps ~1,500 memory regions (XLA:CPU's JIT-linked kernels) and Linux
+    allows 65,530 per process: the test suite's own process aborted inside XLA after ~40 programs.
+    Past MAX_LOADED the least recently used program is dropped, and its memory maps go with it."""
+    import numpy as np
+    import polars as pl
+
+    from glmm_model import FitConfig, SamplerConfig, fit, programs
+
+    def maps() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    def users(n: int, rate: float) -> pl.DataFrame:  # another size and count range: another program shape
+        rng = np.random.default_rng(n)
+        return pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "variant": rng.choice(["A", "B"], n),
+                             "cv_count": rng.poisson(rate * rng.gamma(2.0, 0.5, n))})
+
+    config = FitConfig(sampler=SamplerConfig(num_chains=2, num_warmup=50, num_samples=50, progress_bar=False))
+    monkeypatch.setattr(programs, "MAX_LOADED", 1)
+    fit(users(60, 1.0), "A", config)
+    one = maps()
+    fit(users(900, 9.0), "A", config)
+    assert len(programs._loaded) == 1
+    assert maps() - one < 500, (one, maps())  # held, the first program would have added ~1,500
