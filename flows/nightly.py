@@ -144,7 +144,7 @@ def fit_pair(pair: PairHistogram, options: RunOptions) -> dict[str, pl.DataFrame
                                 pair.tolerated_drop)
     tables = fit(pair.histogram, pair.control_variant, config).tables()
     breakdowns = []
-    for dimension, histogram in pair.segments:
+    for dimension, histogram in pair.segments if options.segments else ():
         try:
             breakdowns.append(fit_segments(histogram, pair.control_variant, config, dimension=dimension).segment_lift)
         except (InputError, FitTimeout) as exc:  # one segment only, or out of time: the pair's results stand

@@ -47,6 +47,10 @@ class RunOptions:
              "narrower intervals when users' history predicts their counts)"))
     use_exposure: bool = field(default=False, metadata=_flag(
         "--exposure", action="store_true", help="use exposure days as a log offset (rates per day)"))
+    segments: bool = field(default=True, metadata=_flag(
+        "--no-segments", action="store_false",
+        help="skip the segment breakdowns (by default each experiment x primary metric x dimension of "
+             "raw.user_segments costs one more fit; the pairs' own results do not change)"))
     fit_timeout: float = field(default=900.0, metadata=_flag(
         "--fit-timeout", type=float, metavar="SECONDS",
         help="stop a pair's sampling after this long and record the pair in glmm.fit_failures; 0 = no limit (default 900)"))
@@ -83,6 +87,8 @@ class RunOptions:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.use_covariate, bool):
             raise ValueError(f"use_covariate must be true or false, got {self.use_covariate!r}")
+        if not isinstance(self.segments, bool):
+            raise ValueError(f"segments must be true or false, got {self.segments!r}")
         if not isinstance(self.refits, int) or isinstance(self.refits, bool) or not 0 <= self.refits <= 2:
             raise ValueError(f"refits must be 0, 1 or 2, got {self.refits!r}")
         check_spec(self.task_runner)

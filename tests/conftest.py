@@ -70,6 +70,6 @@ def demo_run(tmp_path_factory, nightly):
     from pipeline_helpers import small, make_demo
 
     path = make_demo(tmp_path_factory.mktemp("wh") / "demo.duckdb")
-    first = nightly(warehouse=str(path), options=small(plots_dir=str(path.parent / "plots")))
-    second = nightly(warehouse=str(path), options=small())
+    first = nightly(warehouse=str(path), options=small(plots_dir=str(path.parent / "plots"), segments=True))
+    second = nightly(warehouse=str(path), options=small(segments=True))
     return path, first, second

@@ -17,8 +17,9 @@ SMALL_FLOW = dict(num_chains=2, num_warmup=200, num_samples=300)
 
 
 def small(**changes) -> RunOptions:
-    """Run options with small sampler settings (2 chains x (200 + 300))."""
-    return RunOptions(**{**SMALL_FLOW, **changes})
+    """Run options with small sampler settings (2 chains x (200 + 300)), without the segment
+    breakdowns (one more fit per run: the tests that read them ask for them)."""
+    return RunOptions(**{**SMALL_FLOW, "segments": False, **changes})
 EXE = str(Path(sys.executable).with_name("glmm-ab"))
 
 

@@ -148,6 +148,12 @@ def test_run_options_are_one_definition_for_the_cli_the_flow_and_served_runs(tmp
     assert timed.fit_config("e", "m").sampler.time_limit_s == 30
     assert RunOptions(fit_timeout=0).fit_config("e", "m").sampler.time_limit_s is None
     assert "fit_timeout" not in timed.run_config()
+    # --no-segments skips the breakdowns (on by default); it changes no pair's answer, so no statistical setting
+    assert RunOptions.from_args(build_parser().parse_args(["backfill", "--from", "2026-01-01", "--to", "2026-01-02",
+                                                           "--no-segments"])).segments is False
+    assert options.segments is True and "segments" not in options.run_config()
+    with pytest.raises(ValueError, match="segments must be true or false"):
+        RunOptions(segments="no")
     for bad in (-1, float("nan"), True):
         with pytest.raises(ValueError, match="fit_timeout must be a number of seconds >= 0"):
             RunOptions(fit_timeout=bad)

@@ -193,7 +193,7 @@ def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, c
             # a nightly run publishes a new copy while the dashboard keeps answering from the old one
             nightly_run = subprocess.Popen(
                 [EXE, "run", "--warehouse", str(warehouse), "--publish-to", str(bi_copy),
-                 "--chains", "2", "--warmup", "200", "--samples", "300"],
+                 "--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})
             shown = []

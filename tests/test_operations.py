@@ -16,7 +16,7 @@ from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
 from pipeline_helpers import EXE, small, copy_warehouse, free_port, sql
 
-SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300"]
+SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"]  # breakdowns: test_pipeline
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
 
@@ -40,10 +40,11 @@ def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_new
     again = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
     lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
     assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
+    breakdowns = "SELECT count(*) AS n FROM glmm.segment_lift WHERE run_id = ?"  # small(): segments=False
+    assert sql(path, breakdowns, [first.run_id])["n"][0] == 0 and sql(path, breakdowns, [newest := demo_run[2].run_id])["n"][0] > 0
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
     assert history.height == 16 and set(history["run_id"]) == {again.run_id}  # one answer for that night
     # the old night finished last, but the latest answer stays at the newest as-of (the demo's second run)
-    newest = demo_run[2].run_id
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
     assert latest["run_id"].to_list() == [newest]
     health = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_health")

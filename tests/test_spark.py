@@ -46,7 +46,7 @@ def spark_run(java, demo_run, nightly, tmp_path_factory):
     loaded = cli("load-raw", str(duck), "--engine", "spark", "--warehouse", str(spark_dir))
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
-    duck_report = nightly(warehouse=str(duck), as_of=as_of, options=small(publish_results=False))
+    duck_report = nightly(warehouse=str(duck), as_of=as_of, options=small(publish_results=False, segments=True))
     bi = folder / "spark_bi.duckdb"
     run = cli("run", "--engine", "spark", "--warehouse", str(spark_dir), "--as-of", as_of.isoformat(),
               "--publish-to", str(bi), *SMALL_ARGS)
