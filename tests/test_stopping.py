@@ -78,11 +78,11 @@ def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_it
 
     # the same compiled program (warmup is part of it, the number of draws is not), 100x the draws
     limited = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
-        num_chains=4, num_warmup=20, num_samples=2000, fit_timeout=5, refits=0, publish_results=False))
+        num_chains=4, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
     assert limited.status == "succeeded"
     failures = sql(path, "SELECT experiment_id, error FROM glmm.fit_failures WHERE run_id = ?", [limited.run_id])
     assert failures["experiment_id"].to_list() == ["wide"]
-    assert "FitTimeout: sampling did not finish within its time limit of 5 s (70 variants" in failures["error"][0]
+    assert "FitTimeout: sampling did not finish within its time limit of 20 s (70 variants" in failures["error"][0]
     fitted = sql(path, "SELECT DISTINCT experiment_id FROM glmm.lift WHERE run_id = ?", [limited.run_id])
     assert fitted["experiment_id"].to_list() == ["ab"]  # the night went on
 
