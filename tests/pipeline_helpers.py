@@ -44,6 +44,30 @@ def copy_warehouse(source: Path, folder: Path) -> Path:
     return target
 
 
+# The demo's cheapest experiment (2 arms, 300 users, no pre-period): 4 pairs to fit instead of 12.
+ONE_EXPERIMENT = "pricing_copy"
+
+
+def keep_one_experiment(path: Path, experiment_id: str = ONE_EXPERIMENT) -> Path:
+    """Delete every other experiment's users from a demo warehouse's raw logs (their exposures, events and
+    segments; raw.experiments stays whole): a run then fits that experiment's 4 pairs, not the demo's 12.
+    For the tests of how runs behave (locks, reruns, backfill, runners, publishing), not of what they find."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("DELETE FROM raw.assignments WHERE experiment_id <> ?", [experiment_id])
+        con.execute("DELETE FROM raw.user_segments WHERE experiment_id IS DISTINCT FROM ?", [experiment_id])
+        con.execute("DELETE FROM raw.events WHERE user_id NOT IN (SELECT user_id FROM raw.assignments)")
+    finally:
+        con.close()
+    return path
+
+
+def copy_one_experiment(source: Path, folder: Path, experiment_id: str = ONE_EXPERIMENT) -> Path:
+    """A copy of a demo warehouse (its earlier results too, so the latest answers still span the demo)
+    whose raw logs keep one experiment's users (:func:`keep_one_experiment`)."""
+    return keep_one_experiment(copy_warehouse(source, folder), experiment_id)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

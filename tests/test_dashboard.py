@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from flows.warehouse.duckdb_publish import default_bi_path
-from pipeline_helpers import EXE, copy_warehouse, debian_package, free_port, sql
+from pipeline_helpers import EXE, copy_one_experiment, copy_warehouse, debian_package, free_port, sql
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -150,7 +150,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> No
 def test_dashboard_in_chromium_while_a_nightly_run_replaces_the_copy(demo_run, chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    warehouse = copy_warehouse(demo_run[0], tmp_path / "wh")
+    warehouse = copy_one_experiment(demo_run[0], tmp_path / "wh")  # the run replaces pricing_copy's answers
     bi = default_bi_path(demo_run[0])
     bi_copy = copy_warehouse(bi, tmp_path / "wh")
     port = free_port()

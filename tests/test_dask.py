@@ -6,7 +6,7 @@ import pytest
 
 from flows.options import RunOptions
 from flows.runners import check_spec, task_runner
-from pipeline_helpers import copy_warehouse, small, sql
+from pipeline_helpers import copy_one_experiment, small, sql
 
 pytest.importorskip("prefect_dask", reason="the dask extra is part of the test install")
 
@@ -18,7 +18,7 @@ def test_the_dask_runner_gives_the_sequential_runners_results(demo_run, nightly,
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
     reports = {}
     for runner in ("sequential", "dask"):
-        path = copy_warehouse(demo_run[0], tmp_path / runner)
+        path = copy_one_experiment(demo_run[0], tmp_path / runner)
         reports[runner] = (path, nightly(warehouse=str(path), as_of=as_of,
                                          options=small(publish_results=False, task_runner=runner)))
     for runner, (path, report) in reports.items():

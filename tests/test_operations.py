@@ -14,7 +14,7 @@ import pytest
 
 from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import EXE, small, copy_warehouse, free_port, sql
+from pipeline_helpers import EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"]  # breakdowns: test_pipeline
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
@@ -34,7 +34,7 @@ def hold_lock(path, seconds: float) -> subprocess.Popen:
 
 
 def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_newest(demo_run, nightly, tmp_path):
-    path = copy_warehouse(demo_run[0], tmp_path)
+    path = copy_one_experiment(demo_run[0], tmp_path)
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
     first = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
     again = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
@@ -43,7 +43,7 @@ def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_new
     breakdowns = "SELECT count(*) AS n FROM glmm.segment_lift WHERE run_id = ?"  # small(): segments=False
     assert sql(path, breakdowns, [first.run_id])["n"][0] == 0 and sql(path, breakdowns, [newest := demo_run[2].run_id])["n"][0] > 0
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
-    assert history.height == 16 and set(history["run_id"]) == {again.run_id}  # one answer for that night
+    assert history.height == 4 and set(history["run_id"]) == {again.run_id}  # one answer for that night (4 metrics)
     # the old night finished last, but the latest answer stays at the newest as-of (the demo's second run)
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
     assert latest["run_id"].to_list() == [newest]
@@ -52,7 +52,7 @@ def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_new
 
 
 def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_path):
-    path = copy_warehouse(demo_run[0], tmp_path)
+    path = copy_one_experiment(demo_run[0], tmp_path)
     d1 = date.today() - timedelta(days=3)
     d2 = d1 + timedelta(days=1)
     proc = subprocess.run([EXE, "backfill", "--warehouse", str(path), "--from", str(d1), "--to", str(d2),
@@ -140,7 +140,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
 def test_served_deployment_runs_when_triggered_through_the_api(demo_run, tmp_path):
     """A real `prefect server start` on loopback; `glmm-ab serve` registers the cron deployment; a run
     triggered through the API completes and leaves its results in the warehouse."""
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
@@ -214,7 +214,7 @@ def snapshot(path, bi):
 
 
 def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succeeds(demo_run, nightly, tmp_path):
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     bi = copy_warehouse(demo_run[0].with_name("demo_bi.duckdb"), tmp_path / "wh")
     before = snapshot(path, bi)
 
@@ -253,12 +253,13 @@ def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succ
     # 3. the next run goes through and becomes the latest answer
     report = nightly(warehouse=str(path), options=small())
     assert report.status == "succeeded"
-    assert sql(bi, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")["run_id"].to_list() == [report.run_id]
+    fitted = "SELECT DISTINCT run_id FROM rpt_experiment_results_latest WHERE experiment_id = ?"  # the one fitted
+    assert sql(bi, fitted, [ONE_EXPERIMENT])["run_id"].to_list() == [report.run_id]
 
 
 def test_two_runs_at_once_with_one_prefect_home_take_turns(demo_run, tmp_path):
     """Started together on one warehouse and one PREFECT_HOME: both end by themselves, one after the other."""
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "one-prefect-home")}
     command = [EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -272,7 +273,7 @@ def test_two_runs_at_once_with_one_prefect_home_take_turns(demo_run, tmp_path):
 
 
 def test_a_run_that_cannot_wait_longer_says_another_run_holds_the_warehouse(demo_run, tmp_path):
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     lock = path.with_name(f".{path.name}.run-lock")
     first = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)

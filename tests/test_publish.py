@@ -14,7 +14,7 @@ from flows.dbt import dbt_executable
 from flows.resources import dbt_profiles_dir, dbt_project_dir
 from flows.warehouse.duckdb_publish import PublishError, default_bi_path, publish
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import copy_warehouse, small, sql
+from pipeline_helpers import copy_one_experiment, copy_warehouse, small, sql
 
 OLDEST_DUCKDB = "1.0.0"  # the oldest 1.x a BI tool may bundle
 
@@ -101,7 +101,7 @@ def test_duckdb_1_0_opens_the_published_copy_and_its_parquet(demo_run, old_duckd
 
 def test_a_reader_holding_the_published_file_never_fails_the_run(demo_run, nightly, tmp_path):
     """A BI client keeps the published file open (a real second process) while a nightly run publishes."""
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     bi = tmp_path / "bi" / "results.duckdb"
     before = publish(path, "before", bi_path=bi)
     go = tmp_path / "go"
@@ -124,12 +124,12 @@ def test_a_reader_holding_the_published_file_never_fails_the_run(demo_run, night
     assert reader.returncode == 0, err
     assert out.strip() == "('before', 32)"  # its open connection still reads the old file, whole
     assert sql(bi, "SELECT run_id FROM bi_publication")["run_id"][0] == report.run_id  # a new one reads the new
-    assert sql(bi, "SELECT count(*) AS n FROM rpt_lift_history")["n"][0] == 48
+    assert sql(bi, "SELECT count(*) AS n FROM rpt_lift_history")["n"][0] == 32 + 4  # one experiment's 4 rows more
     assert before.rows["main.rpt_lift_history"] == 32
 
 
 def test_a_failed_publish_leaves_the_results_and_the_old_copy(demo_run, nightly, tmp_path):
-    path = copy_warehouse(demo_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     bi = tmp_path / "results.duckdb"
     publish(path, "good", bi_path=bi)
     not_a_folder = tmp_path / "parquet"
