@@ -1,0 +1,111 @@
+"""What the collapsed likelihood's first count tier costs, and what fewer nodes there would buy.
+
+    python tests/benchmarks/quadrature_nodes.py [--nodes 32,64,128] [--pairs 6] [--users 1000]
+
+The collapsed path integrates each cell's random intercept by adaptive Gauss-Hermite
+quadrature (:mod:`glmm_model.quadrature`), with a node count per count tier. Counts 0-2
+use 128 nodes; every other tier uses 8-24. Most users of a count metric have 0-2 events,
+so this tier is most of a gradient's arithmetic. Two tables:
+
+1. **Accuracy** of the tier's rule against QUADPACK (``tests/test_quadrature.py``'s reference)
+   for y in 0, 1, 2, eta in -5..8 (14 values) and s in 0.05..3 (12 values): the largest
+   absolute error of log L, over all s and over s up to 2, 1.5 and 1.
+2. **Time**: the fit-stage benchmark's pairs (``fit_stage_runners.pairs``: simulated from the
+   model, s 0.3-1.0) fitted with the default sampler (4 chains x (500 + 2000), refits off) with
+   the first tier at each node count. Each count runs in its own process with its own program
+   cache (the exported programs are named by the source of the defining modules, which does
+   not see a patched constant). Per pair: the median of two timed fits after one that compiles.
+   Also the largest change of the relative lift's median and of P(beat control) against the
+   128-node fit (seeds are the same, so the difference is the rule's), and the largest draw of s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def accuracy_table() -> list[str]:
+    from glmm_model import quadrature as q
+    from test_quadrature import scipy_log_marginal
+
+    points = [(y, e, s) for y in (0, 1, 2) for e in np.linspace(-5, 8, 14) for s in np.linspace(0.05, 3, 12)]
+    reference = np.array([scipy_log_marginal(y, e, s) for y, e, s in points])
+    y, eta, s = (np.array(column, float) for column in zip(*points))
+    lines = ["| nodes | max abs error of log L, s <= 3 | s <= 2 | s <= 1.5 | s <= 1 |", "|---|---|---|---|---|"]
+    for n in (16, 24, 32, 48, 64, 96, 128):
+        error = np.abs(q.log_marginal(y, eta, s, n, xp=np) - reference)
+        lines.append(f"| {n} | {error.max():.1e} | {error[s <= 2].max():.1e} | {error[s <= 1.5].max():.1e} | "
+                     f"{error[s <= 1].max():.1e} |")
+    return lines
+
+
+def worker(nodes: int, n_pairs: int, users: int) -> None:
+    """Fit the pairs with the first tier at ``nodes`` nodes; one JSON line per pair."""
+    from glmm_model import quadrature as q
+
+    q.COUNT_TIERS = ((q.COUNT_TIERS[0][0], nodes),) + q.COUNT_TIERS[1:]
+    from fit_stage_runners import pairs
+    from flows.options import RunOptions
+    from glmm_model import configure, fit
+
+    configure()
+    options = RunOptions(refits=0)
+    for pair in pairs(n_pairs, users):
+        config = options.fit_config(pair.experiment_id, pair.metric_id)
+        fit(pair.histogram, pair.control_variant, config)  # traces and compiles
+        times = []
+        for _ in range(2):
+            result = fit(pair.histogram, pair.control_variant, config)
+            times.append(result.posterior.seconds)
+        lift = result.lift.row(0, named=True)
+        print(json.dumps({"pair": f"{pair.experiment_id}/{pair.metric_id}", "seconds": statistics.median(times),
+                          "lift": lift["relative_lift_median"], "prob": lift["prob_beat_control"],
+                          "max_s": float(result.posterior.draws["s"].max())}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="32,64,128")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.pairs, args.users)
+        return
+    print("\n".join(accuracy_table()), "\n", flush=True)
+    runs = {}
+    for nodes in sorted({int(n) for n in args.nodes.split(",")} | {128}, reverse=True):
+        env = {**os.environ, "GLMM_AB_JAX_CACHE": tempfile.mkdtemp(prefix=f"glmm-ab-nodes-{nodes}-")}
+        proc = subprocess.run([sys.executable, __file__, "--worker", str(nodes), "--pairs", str(args.pairs),
+                               "--users", str(args.users)], capture_output=True, text=True, env=env, check=True)
+        runs[nodes] = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    base = {r["pair"]: r for r in runs[128]}
+    base_median = statistics.median(r["seconds"] for r in runs[128])
+    print("| first-tier nodes | sampling s per pair, median | ratio to 128 | max abs change of lift median "
+          "| max abs change of P(beat control) | largest draw of s |")
+    print("|---|---|---|---|---|---|")
+    for nodes, rows in runs.items():
+        median = statistics.median(r["seconds"] for r in rows)
+        d_lift = max(abs(r["lift"] - base[r["pair"]]["lift"]) for r in rows)
+        d_prob = max(abs(r["prob"] - base[r["pair"]]["prob"]) for r in rows)
+        print(f"| {nodes} | {median:.2f} | {median / base_median:.2f} | {d_lift:.1e} | {d_prob:.1e} | "
+              f"{max(r['max_s'] for r in rows):.2f} |")
+    print(f"\n{args.pairs} pairs x {args.users} users, default sampler (4 chains x (500 + 2000)), refits off.")
+
+
+if __name__ == "__main__":
+    main()
