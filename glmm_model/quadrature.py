@@ -143,6 +143,35 @@ def tier_masks(y) -> list[tuple[np.ndarray, int]]:
     return out
 
 
+def log_marginal_tiered_grad(y, eta, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log L and its derivatives in eta and s on concrete arrays (numpy), each count on its tier's rule.
+
+    The rule is held where :func:`log_marginal_rule` puts it (at the conditional mode, as the
+    sampler's gradient does with ``stop_gradient``), so the derivatives are those of the integral,
+    taken under it: with p_k the normalised terms at nodes r_k,
+    d/deta log L = sum_k p_k (y - exp(eta + r_k)) and d/ds log L = sum_k p_k r_k^2 / s^3 - 1/s.
+    They agree with differences of the quadrature's values to its error (~1e-7).
+    """
+    y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))
+    out = [np.empty(y.shape) for _ in range(3)]
+    for mask, n in tier_masks(y):
+        if not mask.any():
+            continue
+        x, log_wx = hermite_rule(n)
+        yt, et, st = y[mask], eta[mask], s[mask]
+        r_star, sigma_hat = laplace_mode(yt, et, st, xp=np)
+        scale = np.sqrt(2.0) * sigma_hat
+        r = r_star[:, None] + scale[:, None] * x
+        terms = log_wx + _log_joint_kernel(r, yt[:, None], et[:, None], st[:, None], np)
+        lse = _np_logsumexp(terms, axis=-1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = np.exp(terms - lse[:, None])
+            out[0][mask] = lse + np.log(scale / st) - sp.gammaln(yt + 1.0) - HALF_LOG_2PI
+            out[1][mask] = yt - (p * np.exp(et[:, None] + r)).sum(axis=-1)
+            out[2][mask] = (p * r * r).sum(axis=-1) / st**3 - 1.0 / st
+    return out[0], out[1], out[2]
+
+
 def log_marginal_tiered(y, eta, s) -> np.ndarray:
     """log L on concrete arrays (numpy), each count with the node count of its tier."""
     y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))

@@ -97,3 +97,42 @@ def test_fit_command_uses_pre_cv_count_unless_told_not_to(tmp_path):
 
     assert build_parser().parse_args(["fit", str(path), "--control", "v0", "--no-covariate"]).use_covariate is False
     assert build_parser().parse_args(["run", "--no-covariate"]).use_covariate is False
+
+
+def test_laplace_sd_agrees_with_a_value_only_reference():
+    """covariate_sd_ratio's Laplace sd (BFGS on the analytic gradient, Hessian from its differences)
+    equals the same approximation built from log posterior values alone: a derivative-free mode
+    (Nelder-Mead) and a Hessian of central value differences."""
+    from scipy import optimize
+
+    from glmm_model import covariate_gain
+    from glmm_model.config import Priors
+    from glmm_model.model_inputs import prior_arrays
+
+    data, truth = with_pre_period(600, 3.0, [0.0, np.log(1.1)], 0.8, 0.3, seed=4, no_history_share=0.1,
+                                  no_history_shift=-0.5)
+    exp = prepare(data, "v0", covariate=True)
+    prior = prior_arrays(Priors(), exp, "count")
+    start = np.array([0.9, 0.05, np.log(0.7), 0.4, -0.3])  # a rough guess, not the mode
+    scale = np.array([0.05, 0.07, 0.08, 0.05, 0.1])
+    sd = covariate_gain.laplace_beta_sd(exp, prior, start, scale, True)
+
+    def neg(theta):
+        return -covariate_gain._log_posterior(theta, exp, prior, True)[0]
+
+    mode = optimize.minimize(neg, start, method="Nelder-Mead",
+                             options={"xatol": 1e-9, "fatol": 1e-11, "maxiter": 20_000, "maxfev": 20_000}).x
+    d, step = len(mode), 0.1 * scale
+    hessian = np.empty((d, d))
+    for i in range(d):
+        for j in range(d):
+            total = 0.0
+            for si, sj, sign in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+                x = mode.copy()
+                x[i] += si * step[i]
+                x[j] += sj * step[j]
+                total += sign * neg(x)
+            hessian[i, j] = total / (4.0 * step[i] * step[j])
+    reference = np.sqrt(np.linalg.inv(hessian)[1, 1])
+    assert sd[0] == pytest.approx(reference, rel=2e-3)
+    assert 0.01 < sd[0] < 0.2  # a real sd of a 600-user log rate ratio, not a degenerate one

@@ -77,3 +77,25 @@ def test_gradient_matches_finite_differences(y, eta, s):
     d_eta = (scipy_log_marginal(y, eta + h, s) - scipy_log_marginal(y, eta - h, s)) / (2 * h)
     d_s = (scipy_log_marginal(y, eta, s + h) - scipy_log_marginal(y, eta, s - h)) / (2 * h)
     np.testing.assert_allclose([float(grad[0]), float(grad[1])], [d_eta, d_s], rtol=1e-5, atol=1e-6)
+
+
+def test_tiered_numpy_gradient_is_the_samplers_and_the_integrals():
+    """log_marginal_tiered_grad (the covariate's Laplace step uses it) gives the value of
+    log_marginal_tiered and the gradient the sampler takes with JAX, on the tier rules; on a few
+    points also QUADPACK's differences."""
+    y, eta, s = (np.array(v, float) for v in zip(*grid_points()))
+    value, d_eta, d_s = q.log_marginal_tiered_grad(y, eta, s)
+    np.testing.assert_array_equal(value, q.log_marginal_tiered(y, eta, s))
+    for mask, nodes in q.tier_masks(y):
+        jax_grad = jax.vmap(jax.grad(lambda yy, e, sd: q.log_marginal(yy, e, sd, nodes), argnums=(1, 2)))
+        g_eta, g_s = jax_grad(jnp.asarray(y[mask]), jnp.asarray(eta[mask]), jnp.asarray(s[mask]))
+        # d/deta = y - E[exp(eta + r)] cancels digits at large counts: both sides are exact to ~1e-12 y
+        bound = 1e-9 * (1.0 + y[mask])
+        assert (np.abs(d_eta[mask] - np.asarray(g_eta)) <= bound).all()
+        assert (np.abs(d_s[mask] - np.asarray(g_s)) <= bound * (1.0 + np.abs(np.asarray(g_s)))).all()
+    h = 1e-5
+    for yy, e, sd in [(0, -3.0, 2.0), (4, 1.0, 0.5), (700, 6.0, 0.2)]:
+        _, ge, gs = q.log_marginal_tiered_grad(np.array([yy]), np.array([e]), np.array([sd]))
+        fd_eta = (scipy_log_marginal(yy, e + h, sd) - scipy_log_marginal(yy, e - h, sd)) / (2 * h)
+        fd_s = (scipy_log_marginal(yy, e, sd + h) - scipy_log_marginal(yy, e, sd - h)) / (2 * h)
+        np.testing.assert_allclose([ge[0], gs[0]], [fd_eta, fd_s], rtol=1e-5, atol=1e-6)
