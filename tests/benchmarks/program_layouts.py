@@ -1,0 +1,251 @@
+"""The first night's cost: sampler programs per layout of the collapsed likelihood, cold and warm.
+
+    python tests/benchmarks/program_layouts.py [--warehouse PATH] [--layouts tiers,two_tiers,two_tiers_pow2,flat]
+
+A machine's first night traces and compiles one NUTS program per distinct input shape (once;
+later processes load it from disk). On the demo's 9 count and ratio pairs (a warehouse after a
+nightly run: ``--warehouse``, else ``glmm-ab demo`` builds one in a temporary folder), each
+layout runs in its own process with an empty program cache, 2 chains x (200 + 300):
+
+* **tiers** (what the sampler does): cells split into the 5 count tiers of
+  ``quadrature.COUNT_TIERS`` (128/24/12/10/8 nodes), each padded to 2^k or 3·2^k;
+* **two_tiers**: counts 0-2 on 128 nodes, every other count on 24 (fewer arrays per program,
+  more nodes for counts >= 10);
+* **two_tiers_pow2**: the same, padded to powers of 2 only (fewer distinct shapes);
+* **flat**: one ragged layout, every cell's nodes in one array (its tier's count of them), the
+  per-cell sums by ``segment_sum``: two shapes per program (cells, points) whatever the tiers.
+
+Per layout: the distinct programs built, the first fit of each pair (trace + compile + sampling)
+summed, and the best of two later fits summed (warm). Then, for one pair, where a program's
+build goes: tracing and lowering NumPyro's NUTS to StableHLO, and XLA's compile (wall and CPU
+seconds), with 0, 1 and 5 tiers of cells.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+LAYOUTS = ("tiers", "two_tiers", "two_tiers_pow2", "flat")
+SAMPLER = {"num_chains": 2, "num_warmup": 200, "num_samples": 300}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _count_pairs(warehouse: str):
+    """(pair name, ExperimentData, FitConfig) of the warehouse's count and ratio pairs."""
+    from flows.options import RunOptions
+    from flows.warehouse import open_warehouse
+    from glmm_model.data import prepare
+
+    options = RunOptions(segments=False, **SAMPLER)
+    for p in open_warehouse(warehouse).load_histograms(options.use_exposure):
+        if p.metric_type == "conversion":
+            continue
+        config = options.fit_config(p.experiment_id, p.metric_id, p.planned_split, p.metric_type, p.tolerated_drop)
+        data = prepare(p.histogram, p.control_variant, covariate=config.covariate, max_pre_bins=config.pre_period_bins)
+        yield f"{p.experiment_id}/{p.metric_id}", data, config
+
+
+def _flat_layout():
+    """The ragged layout's inputs and model (defined here: the product does not use it)."""
+    from typing import NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+
+    from glmm_model import model as m
+    from glmm_model import quadrature as q
+    from glmm_model.model_inputs import CovariateTier, _padded_size
+
+    class Flat(NamedTuple):
+        arm: np.ndarray
+        log_exposure: np.ndarray
+        weight: np.ndarray
+        cv_count: np.ndarray
+        cell: np.ndarray
+        x: np.ndarray
+        log_wx: np.ndarray
+        valid: np.ndarray
+
+    def inputs(data):
+        size = _padded_size(data.n_cells, 8)
+        cell, x, log_wx = [], [], []
+        for mask, nodes in q.tier_masks(data.cell_count):
+            rule_x, rule_w = q.hermite_rule(nodes)
+            for c in np.flatnonzero(mask):
+                cell.append(np.full(nodes, c))
+                x.append(rule_x)
+                log_wx.append(rule_w)
+        cell, x, log_wx = np.concatenate(cell), np.concatenate(x), np.concatenate(log_wx)
+        order = np.argsort(cell, kind="stable")
+        n_points = len(cell)
+        pad = _padded_size(n_points, 64) - n_points
+
+        def cells(values, dtype):
+            return np.concatenate([values, np.zeros(size - data.n_cells)]).astype(dtype)
+
+        flat = Flat(arm=cells(data.cell_arm, np.int32), log_exposure=cells(np.log(data.cell_exposure), np.float64),
+                    weight=cells(data.cell_users, np.float64), cv_count=cells(data.cell_count, np.float64),
+                    cell=np.concatenate([cell[order], np.full(pad, size - 1)]).astype(np.int32),
+                    x=np.concatenate([x[order], np.zeros(pad)]), log_wx=np.concatenate([log_wx[order], np.zeros(pad)]),
+                    valid=np.concatenate([np.ones(n_points), np.zeros(pad)]).astype(bool))
+        covariate = None
+        if data.has_covariate:
+            covariate = CovariateTier(pre=cells(data.cell_pre, np.float64), no_history=cells(data.cell_no_history, np.float64))
+        return flat, covariate
+
+    def log_marginal(y, eta, s, f):
+        r_star, sigma_hat = (jax.lax.stop_gradient(v) for v in q.laplace_mode(y, eta, s))
+        shift = jax.lax.stop_gradient(q._log_joint_kernel(r_star, y, eta, s, jnp))  # the largest term, about
+        scale = np.sqrt(2.0) * sigma_hat
+        c = f.cell
+        terms = f.log_wx + q._log_joint_kernel(r_star[c] + scale[c] * f.x, y[c], eta[c], s, jnp) - shift[c]
+        sums = jax.ops.segment_sum(jnp.where(f.valid, jnp.exp(terms), 0.0), c, num_segments=y.shape[0],
+                                   indices_are_sorted=True)
+        return jnp.log(sums) + shift + jnp.log(scale / s) - jax.scipy.special.gammaln(y + 1.0) - q.HALF_LOG_2PI
+
+    def flat_model(f, prior, cv_count=None, covariate=None):
+        beta0, beta_full, s = m.fixed_effects(prior)
+        eta = beta0 + beta_full[f.arm] + f.log_exposure
+        if covariate is not None:
+            gamma = numpyro.sample("gamma", dist.Normal(0.0, m.GAMMA_SCALE))
+            delta = numpyro.sample("delta", dist.Normal(0.0, m.DELTA_SCALE))
+            eta = eta + gamma * covariate.pre + delta * covariate.no_history
+        with numpyro.plate("cells", f.arm.shape[0]):
+            numpyro.factor("cv_count", m.cell_log_likelihood(log_marginal(cv_count, eta, s, f), f.weight))
+
+    m.flat_model = flat_model
+    return inputs
+
+
+def one_layout(layout: str, warehouse: str) -> dict:
+    """Fit the pairs on ``layout`` in this process (its cache empty); returns the row."""
+    from glmm_model import configure
+
+    cache = tempfile.mkdtemp(prefix=f"glmm-ab-layout-{layout}-")
+    configure(cache)
+    from glmm_model import model_inputs, quadrature, sampling
+    from glmm_model.model_inputs import prior_arrays
+
+    if layout.startswith("two_tiers"):
+        quadrature.COUNT_TIERS = ((3, 128), (None, 24))
+    if layout.endswith("pow2"):
+        model_inputs._padded_size = lambda n, floor=1: 1 << (max(int(n), floor, 1) - 1).bit_length()
+    flat_inputs = _flat_layout() if layout == "flat" else None
+    first, warm = 0.0, 0.0
+    for _, data, config in _count_pairs(warehouse):
+        if flat_inputs is None:
+            def fit_once():
+                return sampling.sample(data, config)
+        else:
+            flat, covariate = flat_inputs(data)
+            kwargs = {"cv_count": flat.cv_count}
+            sites, mass_dim = sampling.SUMMARY_SITES, data.num_arms + 1
+            if covariate is not None:
+                kwargs["covariate"] = covariate
+                sites, mass_dim = sites + sampling.COVARIATE_SITES, mass_dim + 2
+            args = (flat, prior_arrays(config.priors, data, config.metric_type))
+
+            def fit_once():
+                return sampling.run_nuts("flat_model", args, kwargs, config.sampler, False, True, sites, mass_dim=mass_dim)
+        started = time.perf_counter()
+        fit_once()
+        first += time.perf_counter() - started
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            fit_once()
+            times.append(time.perf_counter() - started)
+        warm += min(times)
+    programs = len(os.listdir(Path(cache) / "programs"))
+    return {"layout": layout, "programs": programs, "first": first, "warm": warm}
+
+
+def build_breakdown(warehouse: str, n_tiers: int) -> dict:
+    """Trace + lower and compile of one pair's program with its first ``n_tiers`` tiers (no caches)."""
+    from dataclasses import replace
+
+    import jax
+
+    from glmm_model import configure
+
+    configure(tempfile.mkdtemp(prefix="glmm-ab-layout-breakdown-"))
+    jax.config.update("jax_enable_compilation_cache", False)
+    from glmm_model import sampling
+    from glmm_model.model_inputs import cell_tiers, prior_arrays
+
+    name, data, config = next(p for p in _count_pairs(warehouse) if p[0] == "pricing_copy/purchases")
+    tiers = cell_tiers(data)[:n_tiers]
+    args = (tiers, prior_arrays(config.priors, data, config.metric_type))
+    leaves, tree = jax.tree.flatten((args, {"cv_count": tuple(t.cv_count for t in tiers)}))
+    started, cpu = time.perf_counter(), _cpu()
+    function, example = sampling._build_chunk("collapsed_model", tree, leaves, replace(config.sampler, num_chains=2),
+                                              True, sampling.SUMMARY_SITES)
+    lowered = jax.jit(function).lower(*example)
+    trace = (time.perf_counter() - started, _cpu() - cpu)
+    started, cpu = time.perf_counter(), _cpu()
+    lowered.compile()
+    compile_ = (time.perf_counter() - started, _cpu() - cpu)
+    return {"tiers": n_tiers, "hlo_lines": lowered.as_text().count("\n"), "trace": trace, "compile": compile_}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warehouse", default=None, help="a demo warehouse after a nightly run")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_layout(args.one, args.warehouse)))
+        return
+    if args.breakdown is not None:
+        print(json.dumps(build_breakdown(args.warehouse, args.breakdown)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        warehouse = args.warehouse
+        if warehouse is None:
+            warehouse = str(Path(tmp) / "demo.duckdb")
+            subprocess.run([str(Path(sys.executable).parent / "glmm-ab"), "demo", "--warehouse", warehouse,
+                            "--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments", "--no-publish"],
+                           check=True, capture_output=True)
+
+        def child(*flags) -> dict:
+            out = subprocess.run([sys.executable, __file__, "--warehouse", warehouse, *flags],
+                                 check=True, capture_output=True, text=True)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        rows = [child("--one", layout) for layout in args.layouts.split(",")]
+        breakdown = [child("--breakdown", str(n)) for n in (0, 1, 5)]
+    print("| layout | programs | first fits, summed (s) | warm fits, summed (s) | first / warm |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layout']} | {r['programs']} | {r['first']:.1f} | {r['warm']:.1f} | {r['first'] / r['warm']:.1f} |")
+    print("\n| tiers of cells in the program | StableHLO lines | trace + lower, wall (s) | cpu (s) "
+          "| XLA compile, wall (s) | cpu (s) |")
+    print("|---|---|---|---|---|---|")
+    for b in breakdown:
+        print(f"| {b['tiers']} | {b['hlo_lines']:,} | {b['trace'][0]:.1f} | {b['trace'][1]:.1f} "
+              f"| {b['compile'][0]:.1f} | {b['compile'][1]:.1f} |")
+    print(f"\nThe demo's 9 count and ratio pairs, {SAMPLER['num_chains']} chains x ({SAMPLER['num_warmup']} + "
+          f"{SAMPLER['num_samples']}), each layout in its own process with an empty cache; the breakdown is "
+          "pricing_copy/purchases with the compilation cache off.")
+
+
+if __name__ == "__main__":
+    main()
