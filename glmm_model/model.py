@@ -17,9 +17,11 @@ Two model functions share the fixed effects:
 * :func:`latent_model` samples one r_i per user, as the article does.
 * :func:`collapsed_model` integrates r_i out (``PoissonLogNormal``, adaptive
   Gauss-Hermite) over histogram cells: users with equal (arm, count, exposure)
-  contribute one term scaled by their number. Cells come in count tiers, each
-  with its own quadrature rule and padded to a fixed size (padding has weight 0),
-  so one compiled program serves every experiment of similar size.
+  contribute one term scaled by their number. Cells are ordered by count tier,
+  each tier on its own quadrature rule, and padded to a capacity (padding has
+  weight 0); the likelihood walks them in a loop whose length follows the data
+  (:func:`.quadrature.cells_log_likelihood`), so one compiled program serves
+  every experiment of a family (model, arms, covariate) up to that capacity.
 
 With the pre-period covariate (the same metric's count before the user's first
 exposure), the collapsed model's cells also carry their bin's centred
@@ -51,9 +53,10 @@ from numpyro.distributions import constraints
 
 from . import quadrature as q
 from .model_inputs import (  # noqa: F401 (re-exported)
-    DELTA_SCALE, EFFECT_SPREAD_SCALE, GAMMA_SCALE, SEGMENT_LEVEL_SCALE, CellTier, ConversionCells, PriorArrays,
-    SegmentTier, cell_tiers, prior_arrays,
+    DELTA_SCALE, EFFECT_SPREAD_SCALE, GAMMA_SCALE, SEGMENT_LEVEL_SCALE, Cells, ConversionCells, CovariateCells,
+    PriorArrays, SegmentCells, prior_arrays,
 )
+from .quadrature import cell_log_likelihood  # noqa: F401 (re-exported)
 
 
 S_MAX = 50.0  # sd of the per-user log-rate beyond which the density is 0 (see fixed_effects)
@@ -128,47 +131,33 @@ class PoissonLogNormal(dist.Distribution):
         return q.log_marginal_rule(value, self.loc, self.scale, self.x, self.log_wx)
 
 
-def cell_log_likelihood(log_p, weight):
-    """``weight * log_p``, safe at the edges of the parameter space.
-
-    A probability's log is <= 0. Far out (s in the millions, beta0 near -1e17, where an early
-    warmup step can land), the quadrature can return +inf or NaN; NUTS took such a point's
-    potential of -inf as a free move, accepted it, and the chain never moved again (a stuck
-    chain at s = 7e8 on a 20-user experiment). A non-finite value is a numerical failure, not
-    evidence: it counts as impossible (-inf), so the step is rejected. Padding cells
-    (weight 0) contribute exactly 0.
-    """
-    log_p = jnp.where(jnp.isfinite(log_p), jnp.minimum(log_p, 0.0), -jnp.inf)
-    return jnp.where(weight > 0, weight * log_p, 0.0)
-
-
-def collapsed_model(tiers: tuple[CellTier, ...], prior: PriorArrays, cv_count=None, covariate=None):
+def collapsed_model(cells: Cells, prior: PriorArrays, cv_count=None, covariate: CovariateCells | None = None):
     """Collapsed GLMM over histogram cells; ``cv_count=None`` draws one user's count per cell.
 
-    ``cv_count``, when given, is a tuple with one array per tier (the observed counts).
-    Each cell's log-likelihood is multiplied by its number of users (``weight``);
-    padding cells have weight 0 and contribute nothing. ``covariate``: one
-    :class:`CovariateTier` per tier, or None for the model without the pre-period.
+    ``cv_count``, when given, is the observed counts (``cells.cv_count``). Each cell's
+    log-likelihood is multiplied by its number of users (``weight``); padding cells have
+    weight 0 and contribute nothing. ``covariate``: the cells' :class:`CovariateCells`, or
+    None for the model without the pre-period.
     """
     beta0, beta_full, s = fixed_effects(prior)
+    eta = beta0 + beta_full[cells.arm] + cells.log_exposure
     if covariate is not None:
         gamma = numpyro.sample("gamma", dist.Normal(0.0, GAMMA_SCALE))
         delta = numpyro.sample("delta", dist.Normal(0.0, DELTA_SCALE))
-    for t, tier in enumerate(tiers):
-        eta = beta0 + beta_full[tier.arm] + tier.log_exposure
-        if covariate is not None:
-            eta = eta + gamma * covariate[t].pre + delta * covariate[t].no_history
-        tier_cells(t, tier, eta, s, cv_count)
+        eta = eta + gamma * covariate.pre + delta * covariate.no_history
+    observe_cells(cells, eta, s, cv_count)
 
 
-def tier_cells(t: int, tier: CellTier, eta, s, cv_count) -> None:
-    """Tier t's cells given their linear predictor: drawn (``cv_count`` None) or observed, weighted."""
-    with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
-        d = PoissonLogNormal(eta, s, tier.x, tier.log_wx)
-        if cv_count is None:
-            numpyro.sample(f"cv_count_{t}", d)
-        else:
-            numpyro.factor(f"cv_count_{t}", cell_log_likelihood(d.log_prob(cv_count[t]), tier.weight))
+def observe_cells(cells: Cells, eta, s, cv_count) -> None:
+    """The cells given their linear predictor: drawn (``cv_count`` None, on the default rule) or
+    observed, weighted (:func:`.quadrature.cells_log_likelihood`)."""
+    if cv_count is None:
+        x, log_wx = q.hermite_rule(q.DEFAULT_NODES)
+        with numpyro.plate("cells", cells.arm.shape[0]):
+            numpyro.sample("cv_count", PoissonLogNormal(eta, s, x, log_wx))
+    else:
+        numpyro.factor("cv_count", q.cells_log_likelihood(eta, s, cv_count, cells.weight, cells.log_factorial,
+                                                           cells.starts))
 
 
 def segment_effects(beta_full, se2):
@@ -196,7 +185,7 @@ def segment_effects(beta_full, se2):
     return a, jnp.concatenate([jnp.zeros((n_segments, 1), b.dtype), b], axis=1)
 
 
-def segment_model(tiers: tuple[CellTier, ...], segments: tuple[SegmentTier, ...], prior: PriorArrays, cv_count=None):
+def segment_model(cells: Cells, segments: SegmentCells, prior: PriorArrays, cv_count=None):
     """Segments with partial pooling: y ~ arm + (1 + arm | segment) + (1 | user), collapsed over cells.
 
     For a user of segment k in arm g:
@@ -214,10 +203,9 @@ def segment_model(tiers: tuple[CellTier, ...], segments: tuple[SegmentTier, ...]
     :func:`segment_effects` says.
     """
     beta0, beta_full, s = fixed_effects(prior)
-    a, b_full = segment_effects(beta_full, segments[0].effect_variance)
-    for t, tier in enumerate(tiers):
-        k = segments[t].segment
-        tier_cells(t, tier, beta0 + beta_full[tier.arm] + a[k] + b_full[k, tier.arm] + tier.log_exposure, s, cv_count)
+    a, b_full = segment_effects(beta_full, segments.effect_variance)
+    k = segments.segment
+    observe_cells(cells, beta0 + beta_full[cells.arm] + a[k] + b_full[k, cells.arm] + cells.log_exposure, s, cv_count)
 
 
 def latent_model(arm, log_exposure, prior: PriorArrays, cv_count=None):

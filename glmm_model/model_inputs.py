@@ -1,4 +1,4 @@
-"""The model's inputs as arrays: histogram cells split by quadrature tier, and the resolved priors.
+"""The model's inputs as arrays: histogram cells ordered by quadrature tier, and the resolved priors.
 
 Kept apart from :mod:`.model` so that a process whose sampler program is already
 exported (:mod:`.programs`) builds its inputs without importing NumPyro. They are
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import scipy.special as sp
 
 from . import quadrature as q
 from .config import Priors
@@ -26,15 +27,16 @@ class PriorArrays(NamedTuple):
     s_rate: np.ndarray
 
 
-class CellTier(NamedTuple):
-    """Histogram cells that share one quadrature rule (nodes ``x``, log weights ``log_wx``)."""
+class Cells(NamedTuple):
+    """Histogram cells padded to a capacity (weight 0), ordered tier by tier
+    (:func:`.quadrature.cell_order`); ``starts`` are the tiers' offsets in that order."""
 
     arm: np.ndarray
     log_exposure: np.ndarray
     weight: np.ndarray
     cv_count: np.ndarray
-    x: np.ndarray
-    log_wx: np.ndarray
+    log_factorial: np.ndarray
+    starts: np.ndarray
 
 
 GAMMA_SCALE, DELTA_SCALE = 1.0, 2.5  # priors of the pre-period covariate's coefficients (see .model)
@@ -63,16 +65,17 @@ def segment_effect_variance(data: ExperimentData, segment: np.ndarray, n_segment
     return out
 
 
-class SegmentTier(NamedTuple):
-    """The segment (0-based index) of one tier's cells, and each segment x treatment's squared
-    standard error of its effect (K x T, the same in every tier; see :func:`.model.segment_effects`)."""
+class SegmentCells(NamedTuple):
+    """The segment (0-based index) of each cell, ordered and padded like :class:`Cells`, and each
+    segment x treatment's squared standard error of its effect (K x T; see :func:`.model.segment_effects`)."""
 
     segment: np.ndarray
     effect_variance: np.ndarray
 
 
-class CovariateTier(NamedTuple):
-    """The pre-period covariate of one tier's cells: centred log1p(pre count) and the no-history flag."""
+class CovariateCells(NamedTuple):
+    """The pre-period covariate of the cells, ordered and padded like :class:`Cells`: centred
+    log1p(pre count) and the no-history flag."""
 
     pre: np.ndarray
     no_history: np.ndarray
@@ -118,12 +121,12 @@ def conversion_cells(data: ExperimentData) -> ConversionCells:
                            converted=padded(data.cell_count, np.float64))
 
 
-# Every tier but the first (counts 0-2, by far the most quadrature nodes) holds at least this many
-# cells. Small experiments have a handful of cells in the higher tiers (0, 1, 2, 3 ...), each mix
-# a new program shape and so a new compilation (~19 s on a fresh cache); with the floor the 24
-# test experiments of 10 users per arm need 2 shapes instead of 6, at up to ~20% more sampling
-# time on the smallest experiments (median of 3, a busy machine) and none on the article's data.
-MIN_TIER_CELLS = 8
+# The cell arrays' capacity: at least MIN_CAPACITY cells, else the next power of 2, plus one loop
+# step's slack (:data:`.quadrature.MAX_STEP_CELLS`) so that a step never reads past the end. The
+# sampler's program depends on the capacity only: with the floor one program serves every experiment
+# of up to 512 cells of a family (model, arms, covariate): the demo's 12 pairs need 5 programs where
+# cells padded tier by tier needed 11.
+MIN_CAPACITY = 512
 
 
 def _padded_size(n: int, floor: int = 1) -> int:
@@ -135,49 +138,32 @@ def _padded_size(n: int, floor: int = 1) -> int:
     return three if three >= n else power
 
 
-def cell_tiers(data: ExperimentData) -> tuple[CellTier, ...]:
-    """Split the cells into count tiers and pad each to a fixed size (weight 0)."""
-    return tuple(tier for tier, _ in _tiers(data))
+def cell_capacity(n_cells: int) -> int:
+    """The padded length of the cell arrays for ``n_cells`` cells (see MIN_CAPACITY)."""
+    return max(MIN_CAPACITY, 1 << (max(int(n_cells), 1) - 1).bit_length()) + q.MAX_STEP_CELLS
 
 
-def padded_per_tier(data: ExperimentData, values: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
-    """One array per :func:`cell_tiers` tier: ``values`` (one per cell) split and padded (0) the same way."""
-    out = []
-    for t, (mask, _) in enumerate(q.tier_masks(data.cell_count)):
-        size = _padded_size(int(mask.sum()), MIN_TIER_CELLS if t else 1)
-        out.append(np.concatenate([values[mask], np.zeros(size - int(mask.sum()))]).astype(dtype))
-    return tuple(out)
+def per_cell(data: ExperimentData, values: np.ndarray, dtype, fill=0) -> np.ndarray:
+    """``values`` (one per cell) in :func:`cells`' order, padded with ``fill`` to its capacity."""
+    order, _ = q.cell_order(data.cell_count)
+    values = np.asarray(values)[order]
+    return np.concatenate([values, np.full(cell_capacity(data.n_cells) - len(order), fill)]).astype(dtype)
 
 
-def covariate_tiers(data: ExperimentData) -> tuple[CovariateTier, ...]:
-    """The covariate of :func:`cell_tiers`' cells, tier by tier, padded the same way."""
-    return tuple(cov for _, cov in _tiers(data))
+def cells(data: ExperimentData) -> Cells:
+    """The histogram's cells as the collapsed models take them (:class:`Cells`)."""
+    count = data.cell_count.astype(np.float64)
+    return Cells(
+        arm=per_cell(data, data.cell_arm, np.int32),
+        log_exposure=per_cell(data, np.log(data.cell_exposure), np.float64),
+        weight=per_cell(data, data.cell_users, np.float64),
+        cv_count=per_cell(data, count, np.float64),
+        log_factorial=per_cell(data, sp.gammaln(count + 1.0), np.float64),
+        starts=q.cell_order(data.cell_count)[1],
+    )
 
 
-def _tiers(data: ExperimentData):
-    tiers, covariates = [], []
-    for t, (mask, n_nodes) in enumerate(q.tier_masks(data.cell_count)):
-        n = int(mask.sum())
-        size = _padded_size(n, MIN_TIER_CELLS if t else 1)
-        pad = size - n
-
-        def padded(values, fill, dtype):
-            return np.concatenate([values[mask], np.full(pad, fill)]).astype(dtype)
-
-        x, log_wx = q.hermite_rule(n_nodes)
-        tiers.append(
-            CellTier(
-                arm=padded(data.cell_arm, 0, np.int32),
-                log_exposure=padded(np.log(data.cell_exposure), 0.0, np.float64),
-                weight=padded(data.cell_users.astype(np.float64), 0.0, np.float64),
-                cv_count=padded(data.cell_count.astype(np.float64), 0.0, np.float64),
-                x=np.asarray(x, np.float64),
-                log_wx=np.asarray(log_wx, np.float64),
-            )
-        )
-        if data.has_covariate:
-            covariates.append(CovariateTier(pre=padded(data.cell_pre, 0.0, np.float64),
-                                            no_history=padded(data.cell_no_history, 0.0, np.float64)))
-        else:
-            covariates.append(None)
-    return list(zip(tiers, covariates))
+def covariate_cells(data: ExperimentData) -> CovariateCells:
+    """The pre-period covariate of :func:`cells`' cells."""
+    return CovariateCells(pre=per_cell(data, data.cell_pre, np.float64),
+                          no_history=per_cell(data, data.cell_no_history, np.float64))

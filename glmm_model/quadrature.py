@@ -143,32 +143,46 @@ def tier_masks(y) -> list[tuple[np.ndarray, int]]:
     return out
 
 
-def log_marginal_tiered_grad(y, eta, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """log L and its derivatives in eta and s on concrete arrays (numpy), each count on its tier's rule.
+def rule_value_grad(y, eta, s, x, log_wx, log_factorial, xp=jnp):
+    """log L(y | eta, s) on one rule with its derivatives in eta and s; broadcasts over cells.
 
-    The rule is held where :func:`log_marginal_rule` puts it (at the conditional mode, as the
-    sampler's gradient does with ``stop_gradient``), so the derivatives are those of the integral,
-    taken under it: with p_k the normalised terms at nodes r_k,
-    d/deta log L = sum_k p_k (y - exp(eta + r_k)) and d/ds log L = sum_k p_k r_k^2 / s^3 - 1/s.
-    They agree with differences of the quadrature's values to its error (~1e-7).
+    The rule is held where :func:`log_marginal_rule` puts it (at the conditional mode), so the
+    derivatives are those of the integral, taken under it: with p_k the normalised terms at
+    nodes r_k, d/deta log L = sum_k p_k (y - exp(eta + r_k)) and
+    d/ds log L = sum_k p_k r_k^2 / s^3 - 1/s. This is what JAX's gradient of
+    :func:`log_marginal_rule` computes (it holds the mode with ``stop_gradient``), in one pass.
+    ``log_factorial`` is log(y!). ``s`` is one value or one per cell.
     """
+    s = xp.asarray(s)
+    r_star, sigma_hat = laplace_mode(y, eta, s, xp)
+    scale = np.sqrt(2.0) * sigma_hat
+    r = r_star[..., None] + scale[..., None] * x
+    terms = log_wx + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
+    top = xp.max(terms, axis=-1, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, 0.0)
+    p = xp.exp(terms - top)
+    total = xp.sum(p, axis=-1)
+    value = xp.log(total) + top[..., 0] + xp.log(scale / s) - log_factorial - HALF_LOG_2PI
+    p = p / total[..., None]
+    d_eta = y - xp.sum(p * xp.exp(eta[..., None] + r), axis=-1)
+    d_s = xp.sum(p * r * r, axis=-1) / s**3 - 1.0 / s
+    return value, d_eta, d_s
+
+
+def log_marginal_tiered_grad(y, eta, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log L and its derivatives in eta and s on concrete arrays (numpy), each count on its tier's
+    rule (:func:`rule_value_grad`). They agree with differences of the quadrature's values to its
+    error (~1e-7)."""
     y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))
     out = [np.empty(y.shape) for _ in range(3)]
     for mask, n in tier_masks(y):
         if not mask.any():
             continue
         x, log_wx = hermite_rule(n)
-        yt, et, st = y[mask], eta[mask], s[mask]
-        r_star, sigma_hat = laplace_mode(yt, et, st, xp=np)
-        scale = np.sqrt(2.0) * sigma_hat
-        r = r_star[:, None] + scale[:, None] * x
-        terms = log_wx + _log_joint_kernel(r, yt[:, None], et[:, None], st[:, None], np)
-        lse = _np_logsumexp(terms, axis=-1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            p = np.exp(terms - lse[:, None])
-            out[0][mask] = lse + np.log(scale / st) - sp.gammaln(yt + 1.0) - HALF_LOG_2PI
-            out[1][mask] = yt - (p * np.exp(et[:, None] + r)).sum(axis=-1)
-            out[2][mask] = (p * r * r).sum(axis=-1) / st**3 - 1.0 / st
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            parts = rule_value_grad(y[mask], eta[mask], s[mask], x, log_wx, sp.gammaln(y[mask] + 1.0), xp=np)
+        for o, part in zip(out, parts):
+            o[mask] = part
     return out[0], out[1], out[2]
 
 
@@ -180,3 +194,86 @@ def log_marginal_tiered(y, eta, s) -> np.ndarray:
         if mask.any():
             out[mask] = log_marginal(y[mask], eta[mask], s[mask], n, xp=np)
     return out
+
+
+# The sampler's likelihood walks each tier's cells in steps of a fixed number of cells, about
+# STEP_WORK nodes x cells per step, inside a loop whose length follows the data. The compiled
+# program therefore depends on the cell arrays' capacity, not on how the cells split into tiers:
+# one program serves every experiment of a family (model, arms, covariate) up to that capacity.
+STEP_WORK = 1024
+
+
+def step_cells(nodes: int) -> int:
+    """Cells per loop step on an ``nodes``-point rule: the largest power of 2 <= STEP_WORK / nodes."""
+    return 1 << max(0, int(np.floor(np.log2(STEP_WORK / nodes))))
+
+
+MAX_STEP_CELLS = max(step_cells(nodes) for _, nodes in COUNT_TIERS)
+
+
+def cell_order(y) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the cells' order tier by tier (counts ascending within the tier boundaries
+    of ``COUNT_TIERS``) and where each tier starts in it (``len(COUNT_TIERS) + 1`` offsets)."""
+    masks = tier_masks(y)
+    order = np.concatenate([np.flatnonzero(mask) for mask, _ in masks]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum([int(mask.sum()) for mask, _ in masks])]).astype(np.int32)
+    return order, starts
+
+
+def cell_log_likelihood(log_p, weight):
+    """``weight * log_p``, safe at the edges of the parameter space.
+
+    A probability's log is <= 0. Far out (s in the millions, beta0 near -1e17, where an early
+    warmup step can land), the quadrature can return +inf or NaN; NUTS took such a point's
+    potential of -inf as a free move, accepted it, and the chain never moved again (a stuck
+    chain at s = 7e8 on a 20-user experiment). A non-finite value is a numerical failure, not
+    evidence: it counts as impossible (-inf), so the step is rejected. Padding cells
+    (weight 0) contribute exactly 0.
+    """
+    log_p = jnp.where(jnp.isfinite(log_p), jnp.minimum(log_p, 0.0), -jnp.inf)
+    return jnp.where(weight > 0, weight * log_p, 0.0)
+
+
+def _cells_value_grad(eta, s, y, weight, log_factorial, starts):
+    """sum over cells of weight x log L, its gradient in eta (one per cell) and in s: tier t's
+    cells (positions starts[t] to starts[t + 1]) on its rule, :func:`step_cells` at a time."""
+    total, g_eta, g_s = jnp.zeros((), eta.dtype), jnp.zeros_like(eta), jnp.zeros((), eta.dtype)
+    for t, (_, nodes) in enumerate(COUNT_TIERS):
+        x, log_wx = hermite_rule(nodes)
+        k, end = step_cells(nodes), starts[t + 1]
+
+        def step(carry, k=k, end=end, x=x, log_wx=log_wx):
+            i, total, g_eta, g_s = carry
+            take = lambda a: jax.lax.dynamic_slice(a, (i,), (k,))  # noqa: E731
+            w = jnp.where(i + jnp.arange(k) < end, take(weight), 0.0)  # the next tier's cells count 0 here
+            used = w > 0
+            yy, ee = jnp.where(used, take(y), 0.0), jnp.where(used, take(eta), 0.0)
+            log_p, d_eta, d_s = rule_value_grad(yy, ee, s, x, log_wx, take(log_factorial))
+            live = used & jnp.isfinite(log_p) & (log_p < 0.0)  # where the value is clipped, it is flat
+            g_eta = jax.lax.dynamic_update_slice(g_eta, take(g_eta) + jnp.where(live, w * d_eta, 0.0), (i,))
+            return (i + k, total + jnp.sum(cell_log_likelihood(log_p, w)), g_eta,
+                    g_s + jnp.sum(jnp.where(live, w * d_s, 0.0)))
+
+        _, total, g_eta, g_s = jax.lax.while_loop(lambda c, end=end: c[0] < end, step, (starts[t], total, g_eta, g_s))
+    return total, g_eta, g_s
+
+
+@jax.custom_jvp
+def cells_log_likelihood(eta, s, y, weight, log_factorial, starts):
+    """The collapsed model's log likelihood: sum over cells of ``weight * log L(y | eta, s)``
+    (:func:`cell_log_likelihood` at the edges), each cell on its count tier's rule.
+
+    ``eta`` and the data are arrays of one capacity, the cells ordered by :func:`cell_order` and
+    the rest padding (weight 0); ``starts`` are the tiers' offsets. Its derivatives in ``eta``
+    and ``s`` are :func:`rule_value_grad`'s, computed in the same pass as the value; the data
+    (``y``, ``weight``, ``log_factorial``) are constants, not differentiated.
+    """
+    return _cells_value_grad(eta, s, y, weight, log_factorial, starts)[0]
+
+
+@cells_log_likelihood.defjvp
+def _cells_log_likelihood_jvp(primals, tangents):
+    eta, s = primals[:2]
+    d_eta, d_s = tangents[:2]
+    value, g_eta, g_s = _cells_value_grad(*primals)
+    return value, jnp.sum(g_eta * d_eta) + g_s * d_s

@@ -37,7 +37,7 @@ import numpy as np
 from . import programs
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData
-from .model_inputs import cell_tiers, conversion_cells, covariate_tiers, prior_arrays
+from .model_inputs import cells as histogram_cells, conversion_cells, covariate_cells, prior_arrays
 
 CHUNK = 100
 CHAINS_PER_GROUP = 2
@@ -354,11 +354,11 @@ def sample(data: ExperimentData, config: FitConfig) -> Posterior:
         dense, sites = config.sampler.dense_mass, CONVERSION_SITES
         mass_dim = data.num_arms if config.sampler.dense_mass else 0  # beta0 and beta per treatment
     elif config.method == "collapsed":
-        tiers = cell_tiers(data)
-        model, args, kwargs = "collapsed_model", (tiers, prior), {"cv_count": tuple(t.cv_count for t in tiers)}
+        histogram = histogram_cells(data)
+        model, args, kwargs = "collapsed_model", (histogram, prior), {"cv_count": histogram.cv_count}
         dense, sites = config.sampler.dense_mass, SUMMARY_SITES
         if data.has_covariate:
-            kwargs["covariate"] = covariate_tiers(data)
+            kwargs["covariate"] = covariate_cells(data)
             sites = SUMMARY_SITES + COVARIATE_SITES
             mass_dim += 2 if config.sampler.dense_mass else 0
     else:

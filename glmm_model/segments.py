@@ -98,7 +98,7 @@ def fit_segments(data, control: str, config: FitConfig | None = None, column: st
     ``valid`` false on every row, so its lifts are flagged, never read as findings.
     """
     from .fit import refit_settings
-    from .model_inputs import (SegmentTier, cell_tiers, conversion_cells, padded_per_tier, prior_arrays,
+    from .model_inputs import (SegmentCells, cells as histogram_cells, conversion_cells, per_cell, prior_arrays,
                                segment_effect_variance)
     from .sampling import _progress, run_nuts
 
@@ -119,9 +119,9 @@ def fit_segments(data, control: str, config: FitConfig | None = None, column: st
         model, args, kwargs = "segment_conversion_model", (cells, padded, se2, prior), {"cv_count": cells.converted}
         sites, fixed = CONVERSION_SEGMENT_SITES, 1  # beta0
     else:
-        tiers = cell_tiers(exp)
-        segments = tuple(SegmentTier(segment=s, effect_variance=se2) for s in padded_per_tier(exp, segment, np.int32))
-        model, args, kwargs = "segment_model", (tiers, segments, prior), {"cv_count": tuple(t.cv_count for t in tiers)}
+        histogram = histogram_cells(exp)
+        segments = SegmentCells(segment=per_cell(exp, segment, np.int32), effect_variance=se2)
+        model, args, kwargs = "segment_model", (histogram, segments, prior), {"cv_count": histogram.cv_count}
         sites, fixed = SEGMENT_SITES, 2  # beta0, s
     # beta and the spread per treatment, a level and an effect deviation per segment (x treatment)
     mass_dim = (fixed + 2 * n_treatments + len(names) * (1 + n_treatments)) if dense else 0

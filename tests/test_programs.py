@@ -70,15 +70,46 @@ def test_a_long_lived_process_holds_a_bounded_number_of_programs(monkeypatch):
         with open("/proc/self/maps") as f:
             return sum(1 for _ in f)
 
-    def users(n: int, rate: float) -> pl.DataFrame:  # another size and count range: another program shape
+    def users(n: int, rate: float, arms: str) -> pl.DataFrame:  # another number of arms: another program
         rng = np.random.default_rng(n)
-        return pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "variant": rng.choice(["A", "B"], n),
+        return pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "variant": rng.choice(list(arms), n),
                              "cv_count": rng.poisson(rate * rng.gamma(2.0, 0.5, n))})
 
     config = FitConfig(sampler=SamplerConfig(num_chains=2, num_warmup=50, num_samples=50, progress_bar=False))
     monkeypatch.setattr(programs, "MAX_LOADED", 1)
-    fit(users(60, 1.0), "A", config)
+    fit(users(60, 1.0, "AB"), "A", config)
     one = maps()
-    fit(users(900, 9.0), "A", config)
+    fit(users(900, 9.0, "ABC"), "A", config)
     assert len(programs._loaded) == 1
     assert maps() - one < 500, (one, maps())  # held, the first program would have added ~1,500
+
+
+def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
+    """The program depends on the cells' capacity, not on how the cells split into count tiers:
+    60 users with counts 0-8 and 2,000 users with counts up to ~100 (every tier, other sizes)
+    are one program; a third arm is another."""
+    import numpy as np
+    import polars as pl
+
+    from glmm_model import FitConfig, SamplerConfig, fit, model_inputs, programs, quadrature
+    from glmm_model.data import prepare
+
+    monkeypatch.setenv("GLMM_AB_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(programs, "_loaded", type(programs._loaded)())
+
+    def users(n: int, rate: float, arms: str) -> pl.DataFrame:
+        rng = np.random.default_rng(n)
+        return pl.DataFrame({"variant": rng.choice(list(arms), n), "cv_count": rng.poisson(rate * rng.gamma(1.0, 1.0, n))})
+
+    small, large = users(60, 1.0, "AB"), users(2000, 20.0, "AB")
+    tiers = [[int(mask.sum()) for mask, _ in quadrature.tier_masks(
+        prepare(frame, "A").cell_count)] for frame in (small, large)]
+    assert tiers[0] != tiers[1] and min(tiers[1]) > 0, tiers
+    assert {model_inputs.cells(prepare(f, "A")).arm.shape for f in (small, large)} == {(model_inputs.cell_capacity(1),)}
+    config = FitConfig(sampler=SamplerConfig(num_chains=2, num_warmup=30, num_samples=30, progress_bar=False,
+                                             divergence_refits=()))
+    for frame in (small, large):
+        fit(frame, "A", config)
+    assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 1
+    fit(users(300, 1.0, "ABC"), "A", config)
+    assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 2

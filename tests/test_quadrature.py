@@ -99,3 +99,36 @@ def test_tiered_numpy_gradient_is_the_samplers_and_the_integrals():
         fd_eta = (scipy_log_marginal(yy, e + h, sd) - scipy_log_marginal(yy, e - h, sd)) / (2 * h)
         fd_s = (scipy_log_marginal(yy, e, sd + h) - scipy_log_marginal(yy, e, sd - h)) / (2 * h)
         np.testing.assert_allclose([ge[0], gs[0]], [fd_eta, fd_s], rtol=1e-5, atol=1e-6)
+
+
+def test_the_samplers_cell_loop_gives_the_tiered_sum_and_its_gradient():
+    """cells_log_likelihood (the sampler's: each tier's cells walked in steps inside a loop whose
+    length follows the data) equals the sum of weight x log_marginal_tiered over the cells and its
+    JAX gradient equals log_marginal_tiered_grad's, on cells of every tier, padded to a capacity and
+    two chains at once (vmap); padding and weight-0 cells count 0."""
+    from glmm_model.model_inputs import cell_capacity
+
+    rng = np.random.default_rng(3)
+    y = np.concatenate([rng.integers(0, 3, 30), rng.integers(3, 10, 50), rng.integers(10, 20, 7),
+                        rng.integers(20, 50, 90), rng.integers(50, 5000, 200)]).astype(float)
+    rng.shuffle(y)
+    eta = rng.uniform(-3, 6, y.size)
+    weight = rng.integers(0, 40, y.size).astype(float)  # some cells weigh 0
+    order, starts = q.cell_order(y)
+    assert (np.diff(starts) > 0).all() and starts[-1] == y.size
+    cap = cell_capacity(y.size)
+
+    def laid_out(v):
+        return jnp.asarray(np.concatenate([v[order], np.zeros(cap - y.size)]))
+
+    ys, ws, lf = laid_out(y), laid_out(weight), laid_out(special.gammaln(y + 1.0))
+    etas = jnp.stack([laid_out(eta), laid_out(eta - 0.7)])
+    s = jnp.array([0.4, 1.7])
+    value, (g_eta, g_s) = jax.jit(jax.vmap(jax.value_and_grad(
+        lambda e, sd: q.cells_log_likelihood(e, sd, ys, ws, lf, jnp.asarray(starts)), argnums=(0, 1))))(etas, s)
+    for c, shift in enumerate((0.0, 0.7)):
+        ref, d_eta, d_s = q.log_marginal_tiered_grad(y, eta - shift, np.full(y.size, float(s[c])))
+        np.testing.assert_allclose(float(value[c]), (weight * ref).sum(), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(g_eta[c])[:y.size], (weight * d_eta)[order], rtol=1e-9, atol=1e-9)
+        assert (np.asarray(g_eta[c])[y.size:] == 0).all()
+        np.testing.assert_allclose(float(g_s[c]), (weight * d_s).sum(), rtol=1e-9)

@@ -45,7 +45,7 @@ from flows.runners import task_runner  # noqa: E402
 from glmm_model import configure  # noqa: E402
 from glmm_model.config import Priors, SamplerConfig  # noqa: E402
 from glmm_model.data import prepare  # noqa: E402
-from glmm_model.model_inputs import CellTier, cell_tiers, prior_arrays  # noqa: E402
+from glmm_model.model_inputs import Cells, cells, prior_arrays  # noqa: E402
 
 
 def fit_stage(work, options) -> tuple[float, float]:
@@ -59,20 +59,19 @@ def fit_stage(work, options) -> tuple[float, float]:
 
 
 def model_inputs(work):
-    """Each pair's collapsed-model inputs, every tier padded to the largest size among the pairs."""
+    """Each pair's collapsed-model inputs, the cell arrays padded to the largest capacity among the pairs."""
     exps = [prepare(p.histogram, p.control_variant) for p in work]
-    tiers = [cell_tiers(e) for e in exps]
-    sizes = [max(t[k].arm.shape[0] for t in tiers) for k in range(len(tiers[0]))]
+    histograms = [cells(e) for e in exps]
+    size = max(h.arm.shape[0] for h in histograms)
 
-    def pad(tier: CellTier, n: int) -> CellTier:
-        extra = n - tier.arm.shape[0]
-        return CellTier(*(a if name in ("x", "log_wx") else np.concatenate([a, np.zeros(extra, a.dtype)])
-                          for name, a in zip(CellTier._fields, tier)))
+    def pad(h: Cells) -> Cells:
+        return h._replace(**{name: np.concatenate([a, np.zeros(size - a.shape[0], a.dtype)])
+                             for name, a in h._asdict().items() if name != "starts"})
 
     out = []
-    for exp, ts in zip(exps, tiers):
-        ts = tuple(pad(t, n) for t, n in zip(ts, sizes))
-        out.append(((ts, prior_arrays(Priors(), exp)), {"cv_count": tuple(t.cv_count for t in ts)}))
+    for exp, h in zip(exps, histograms):
+        h = pad(h)
+        out.append(((h, prior_arrays(Priors(), exp)), {"cv_count": h.cv_count}))
     return out
 
 

@@ -1,24 +1,28 @@
 """The first night's cost: sampler programs per layout of the collapsed likelihood, cold and warm.
 
-    python tests/benchmarks/program_layouts.py [--warehouse PATH] [--layouts tiers,two_tiers,two_tiers_pow2,flat]
+    python tests/benchmarks/program_layouts.py [--warehouse PATH] [--layouts loop,tiers,loop_two_tiers,flat]
 
 A machine's first night traces and compiles one NUTS program per distinct input shape (once;
 later processes load it from disk). On the demo's 9 count and ratio pairs (a warehouse after a
 nightly run: ``--warehouse``, else ``glmm-ab demo`` builds one in a temporary folder), each
 layout runs in its own process with an empty program cache, 2 chains x (200 + 300):
 
-* **tiers** (what the sampler does): cells split into the 5 count tiers of
-  ``quadrature.COUNT_TIERS`` (128/24/12/10/8 nodes), each padded to 2^k or 3·2^k;
-* **two_tiers**: counts 0-2 on 128 nodes, every other count on 24 (fewer arrays per program,
-  more nodes for counts >= 10);
-* **two_tiers_pow2**: the same, padded to powers of 2 only (fewer distinct shapes);
+* **loop** (what the sampler does, since 2026-12-01): the cells in one set of arrays of a
+  capacity (512 cells at least, else the next power of 2), ordered by the 5 count tiers of
+  ``quadrature.COUNT_TIERS`` (128/24/12/10/8 nodes); the likelihood walks each tier in steps of
+  a fixed number of cells inside a ``while`` loop whose length follows the data, so the program
+  depends on the capacity only (:func:`glmm_model.quadrature.cells_log_likelihood`);
+* **tiers** (what the sampler did before; defined here): each tier's cells in arrays of their
+  own, padded to 2^k or 3·2^k (at least 8 cells above the first tier), so each mix of tier sizes
+  is a program of its own;
+* **loop_two_tiers**: the loop with counts 0-2 on 128 nodes and every other count on 24;
 * **flat**: one ragged layout, every cell's nodes in one array (its tier's count of them), the
   per-cell sums by ``segment_sum``: two shapes per program (cells, points) whatever the tiers.
 
 Per layout: the distinct programs built, the first fit of each pair (trace + compile + sampling)
 summed, and the best of two later fits summed (warm). Then, for one pair, where a program's
 build goes: tracing and lowering NumPyro's NUTS to StableHLO, and XLA's compile (wall and CPU
-seconds), with 0, 1 and 5 tiers of cells.
+seconds), with no cells (the sampler alone), the tiers layout and the loop.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-LAYOUTS = ("tiers", "two_tiers", "two_tiers_pow2", "flat")
+LAYOUTS = ("loop", "tiers", "loop_two_tiers", "flat")
 SAMPLER = {"num_chains": 2, "num_warmup": 200, "num_samples": 300}
 
 
@@ -70,7 +74,7 @@ def _flat_layout():
 
     from glmm_model import model as m
     from glmm_model import quadrature as q
-    from glmm_model.model_inputs import CovariateTier, _padded_size
+    from glmm_model.model_inputs import CovariateCells, _padded_size
 
     class Flat(NamedTuple):
         arm: np.ndarray
@@ -106,7 +110,7 @@ def _flat_layout():
                     valid=np.concatenate([np.ones(n_points), np.zeros(pad)]).astype(bool))
         covariate = None
         if data.has_covariate:
-            covariate = CovariateTier(pre=cells(data.cell_pre, np.float64), no_history=cells(data.cell_no_history, np.float64))
+            covariate = CovariateCells(pre=cells(data.cell_pre, np.float64), no_history=cells(data.cell_no_history, np.float64))
         return flat, covariate
 
     def log_marginal(y, eta, s, f):
@@ -127,10 +131,79 @@ def _flat_layout():
             delta = numpyro.sample("delta", dist.Normal(0.0, m.DELTA_SCALE))
             eta = eta + gamma * covariate.pre + delta * covariate.no_history
         with numpyro.plate("cells", f.arm.shape[0]):
-            numpyro.factor("cv_count", m.cell_log_likelihood(log_marginal(cv_count, eta, s, f), f.weight))
+            numpyro.factor("cv_count", q.cell_log_likelihood(log_marginal(cv_count, eta, s, f), f.weight))
 
     m.flat_model = flat_model
     return inputs
+
+
+def _tiers_layout():
+    """The layout the sampler used before the loop (defined here: the product no longer uses it)."""
+    from typing import NamedTuple
+
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+
+    from glmm_model import model as m
+    from glmm_model import quadrature as q
+    from glmm_model.model_inputs import CovariateCells, _padded_size
+
+    class CellTier(NamedTuple):
+        arm: np.ndarray
+        log_exposure: np.ndarray
+        weight: np.ndarray
+        cv_count: np.ndarray
+        x: np.ndarray
+        log_wx: np.ndarray
+
+    def inputs(data):
+        tiers, covariates = [], []
+        for t, (mask, nodes) in enumerate(q.tier_masks(data.cell_count)):
+            n = int(mask.sum())
+            pad = _padded_size(n, 8 if t else 1) - n
+
+            def padded(values, dtype):
+                return np.concatenate([values[mask], np.zeros(pad)]).astype(dtype)
+
+            x, log_wx = q.hermite_rule(nodes)
+            tiers.append(CellTier(arm=padded(data.cell_arm, np.int32), log_exposure=padded(np.log(data.cell_exposure), float),
+                                  weight=padded(data.cell_users, float), cv_count=padded(data.cell_count, float),
+                                  x=x, log_wx=log_wx))
+            if data.has_covariate:
+                covariates.append(CovariateCells(pre=padded(data.cell_pre, float),
+                                                 no_history=padded(data.cell_no_history, float)))
+        return tuple(tiers), tuple(covariates) if covariates else None
+
+    def tiers_model(tiers, prior, cv_count=None, covariate=None):
+        beta0, beta_full, s = m.fixed_effects(prior)
+        if covariate is not None:
+            gamma = numpyro.sample("gamma", dist.Normal(0.0, m.GAMMA_SCALE))
+            delta = numpyro.sample("delta", dist.Normal(0.0, m.DELTA_SCALE))
+        for t, tier in enumerate(tiers):
+            eta = beta0 + beta_full[tier.arm] + tier.log_exposure
+            if covariate is not None:
+                eta = eta + gamma * covariate[t].pre + delta * covariate[t].no_history
+            with numpyro.plate(f"cells_{t}", tier.arm.shape[0]):
+                d = m.PoissonLogNormal(eta, s, tier.x, tier.log_wx)
+                numpyro.factor(f"cv_count_{t}", q.cell_log_likelihood(d.log_prob(cv_count[t]), tier.weight))
+
+    m.tiers_model = tiers_model
+    return inputs
+
+
+def _layout_args(layout: str, data, config):
+    """(model name, args, kwargs, sites, mass_dim) of one pair on a layout defined here."""
+    from glmm_model import sampling
+    from glmm_model.model_inputs import prior_arrays
+
+    cells, covariate = (_flat_layout() if layout == "flat" else _tiers_layout())(data)
+    kwargs = {"cv_count": cells.cv_count if layout == "flat" else tuple(t.cv_count for t in cells)}
+    sites, mass_dim = sampling.SUMMARY_SITES, data.num_arms + 1
+    if covariate is not None:
+        kwargs["covariate"] = covariate
+        sites, mass_dim = sites + sampling.COVARIATE_SITES, mass_dim + 2
+    return f"{layout}_model", (cells, prior_arrays(config.priors, data, config.metric_type)), kwargs, sites, mass_dim
 
 
 def one_layout(layout: str, warehouse: str) -> dict:
@@ -139,30 +212,20 @@ def one_layout(layout: str, warehouse: str) -> dict:
 
     cache = tempfile.mkdtemp(prefix=f"glmm-ab-layout-{layout}-")
     configure(cache)
-    from glmm_model import model_inputs, quadrature, sampling
-    from glmm_model.model_inputs import prior_arrays
+    from glmm_model import quadrature, sampling
 
-    if layout.startswith("two_tiers"):
+    if layout == "loop_two_tiers":
         quadrature.COUNT_TIERS = ((3, 128), (None, 24))
-    if layout.endswith("pow2"):
-        model_inputs._padded_size = lambda n, floor=1: 1 << (max(int(n), floor, 1) - 1).bit_length()
-    flat_inputs = _flat_layout() if layout == "flat" else None
     first, warm = 0.0, 0.0
     for _, data, config in _count_pairs(warehouse):
-        if flat_inputs is None:
+        if layout.startswith("loop"):
             def fit_once():
                 return sampling.sample(data, config)
         else:
-            flat, covariate = flat_inputs(data)
-            kwargs = {"cv_count": flat.cv_count}
-            sites, mass_dim = sampling.SUMMARY_SITES, data.num_arms + 1
-            if covariate is not None:
-                kwargs["covariate"] = covariate
-                sites, mass_dim = sites + sampling.COVARIATE_SITES, mass_dim + 2
-            args = (flat, prior_arrays(config.priors, data, config.metric_type))
+            name, args, kwargs, sites, mass_dim = _layout_args(layout, data, config)
 
             def fit_once():
-                return sampling.run_nuts("flat_model", args, kwargs, config.sampler, False, True, sites, mass_dim=mass_dim)
+                return sampling.run_nuts(name, args, kwargs, config.sampler, False, True, sites, mass_dim=mass_dim)
         started = time.perf_counter()
         fit_once()
         first += time.perf_counter() - started
@@ -176,8 +239,9 @@ def one_layout(layout: str, warehouse: str) -> dict:
     return {"layout": layout, "programs": programs, "first": first, "warm": warm}
 
 
-def build_breakdown(warehouse: str, n_tiers: int) -> dict:
-    """Trace + lower and compile of one pair's program with its first ``n_tiers`` tiers (no caches)."""
+def build_breakdown(warehouse: str, layout: str) -> dict:
+    """Trace + lower and compile of one pair's program on ``layout`` ("none": the sampler and the
+    priors alone), no caches."""
     from dataclasses import replace
 
     import jax
@@ -187,21 +251,27 @@ def build_breakdown(warehouse: str, n_tiers: int) -> dict:
     configure(tempfile.mkdtemp(prefix="glmm-ab-layout-breakdown-"))
     jax.config.update("jax_enable_compilation_cache", False)
     from glmm_model import sampling
-    from glmm_model.model_inputs import cell_tiers, prior_arrays
+    from glmm_model.model_inputs import cells, prior_arrays
 
     name, data, config = next(p for p in _count_pairs(warehouse) if p[0] == "pricing_copy/purchases")
-    tiers = cell_tiers(data)[:n_tiers]
-    args = (tiers, prior_arrays(config.priors, data, config.metric_type))
-    leaves, tree = jax.tree.flatten((args, {"cv_count": tuple(t.cv_count for t in tiers)}))
+    if layout == "loop":
+        histogram = cells(data)
+        model, args, kwargs = "collapsed_model", (histogram, prior_arrays(config.priors, data)), {"cv_count": histogram.cv_count}
+    elif layout == "tiers":
+        model, args, kwargs, _, _ = _layout_args("tiers", data, config)
+    else:  # the tiers model with no tiers: the sampler and the priors
+        model, args, kwargs, _, _ = _layout_args("tiers", data, config)
+        args, kwargs = ((), args[1]), {"cv_count": ()}
+    leaves, tree = jax.tree.flatten((args, kwargs))
     started, cpu = time.perf_counter(), _cpu()
-    function, example = sampling._build_chunk("collapsed_model", tree, leaves, replace(config.sampler, num_chains=2),
+    function, example = sampling._build_chunk(model, tree, leaves, replace(config.sampler, num_chains=2),
                                               True, sampling.SUMMARY_SITES)
     lowered = jax.jit(function).lower(*example)
     trace = (time.perf_counter() - started, _cpu() - cpu)
     started, cpu = time.perf_counter(), _cpu()
     lowered.compile()
     compile_ = (time.perf_counter() - started, _cpu() - cpu)
-    return {"tiers": n_tiers, "hlo_lines": lowered.as_text().count("\n"), "trace": trace, "compile": compile_}
+    return {"layout": layout, "hlo_lines": lowered.as_text().count("\n"), "trace": trace, "compile": compile_}
 
 
 def main() -> None:
@@ -209,7 +279,7 @@ def main() -> None:
     parser.add_argument("--warehouse", default=None, help="a demo warehouse after a nightly run")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--breakdown", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_layout(args.one, args.warehouse)))
@@ -231,16 +301,16 @@ def main() -> None:
             return json.loads(out.stdout.strip().splitlines()[-1])
 
         rows = [child("--one", layout) for layout in args.layouts.split(",")]
-        breakdown = [child("--breakdown", str(n)) for n in (0, 1, 5)]
+        breakdown = [child("--breakdown", layout) for layout in ("none", "tiers", "loop")]
     print("| layout | programs | first fits, summed (s) | warm fits, summed (s) | first / warm |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['layout']} | {r['programs']} | {r['first']:.1f} | {r['warm']:.1f} | {r['first'] / r['warm']:.1f} |")
-    print("\n| tiers of cells in the program | StableHLO lines | trace + lower, wall (s) | cpu (s) "
+    print("\n| cells in the program | StableHLO lines | trace + lower, wall (s) | cpu (s) "
           "| XLA compile, wall (s) | cpu (s) |")
     print("|---|---|---|---|---|---|")
     for b in breakdown:
-        print(f"| {b['tiers']} | {b['hlo_lines']:,} | {b['trace'][0]:.1f} | {b['trace'][1]:.1f} "
+        print(f"| {b['layout']} | {b['hlo_lines']:,} | {b['trace'][0]:.1f} | {b['trace'][1]:.1f} "
               f"| {b['compile'][0]:.1f} | {b['compile'][1]:.1f} |")
     print(f"\nThe demo's 9 count and ratio pairs, {SAMPLER['num_chains']} chains x ({SAMPLER['num_warmup']} + "
           f"{SAMPLER['num_samples']}), each layout in its own process with an empty cache; the breakdown is "
