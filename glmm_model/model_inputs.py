@@ -124,8 +124,8 @@ def conversion_cells(data: ExperimentData) -> ConversionCells:
 # The cell arrays' capacity: at least MIN_CAPACITY cells, else the next power of 2, plus one loop
 # step's slack (:data:`.quadrature.MAX_STEP_CELLS`) so that a step never reads past the end. The
 # sampler's program depends on the capacity only: with the floor one program serves every experiment
-# of up to 512 cells of a family (model, arms, covariate): the demo's 12 pairs need 5 programs where
-# cells padded tier by tier needed 11.
+# of up to 512 cells of a family (model, arms, covariate): the demo's 9 count and ratio pairs need 3
+# programs where cells padded tier by tier needed 9 (tests/benchmarks/program_layouts.py).
 MIN_CAPACITY = 512
 
 

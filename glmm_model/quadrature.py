@@ -212,8 +212,8 @@ MAX_STEP_CELLS = max(step_cells(nodes) for _, nodes in COUNT_TIERS)
 
 
 def cell_order(y) -> tuple[np.ndarray, np.ndarray]:
-    """(order, starts): the cells' order tier by tier (counts ascending within the tier boundaries
-    of ``COUNT_TIERS``) and where each tier starts in it (``len(COUNT_TIERS) + 1`` offsets)."""
+    """(order, starts): the cells' order tier by tier (the tiers of ``COUNT_TIERS``, cells in their
+    given order within a tier) and where each tier starts in it (``len(COUNT_TIERS) + 1`` offsets)."""
     masks = tier_masks(y)
     order = np.concatenate([np.flatnonzero(mask) for mask, _ in masks]).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum([int(mask.sum()) for mask, _ in masks])]).astype(np.int32)
