@@ -57,29 +57,31 @@ def test_key_changes_with_shapes_and_settings():
     assert program_key("p", {"warmup": 500}, ({"x": np.zeros(8, np.int32)},)) != base
 
 
+def users(n: int, rate: float, arms: str, spread: float = 0.5):
+    """n users of ``arms`` (one letter each) with Poisson counts of mean rate x Gamma(1 / spread, spread)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(n)
+    return pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "variant": rng.choice(list(arms), n),
+                         "cv_count": rng.poisson(rate * rng.gamma(1.0 / spread, spread, n))})
+
+
 def test_a_long_lived_process_holds_a_bounded_number_of_programs(monkeypatch):
     """Each loaded NUTS program maps ~1,500 memory regions (XLA:CPU's JIT-linked kernels) and Linux
     allows 65,530 per process: the test suite's own process aborted inside XLA after ~40 programs.
     Past MAX_LOADED the least recently used program is dropped, and its memory maps go with it."""
-    import numpy as np
-    import polars as pl
-
     from glmm_model import FitConfig, SamplerConfig, fit, programs
 
     def maps() -> int:
         with open("/proc/self/maps") as f:
             return sum(1 for _ in f)
 
-    def users(n: int, rate: float, arms: str) -> pl.DataFrame:  # another number of arms: another program
-        rng = np.random.default_rng(n)
-        return pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "variant": rng.choice(list(arms), n),
-                             "cv_count": rng.poisson(rate * rng.gamma(2.0, 0.5, n))})
-
     config = FitConfig(sampler=SamplerConfig(num_chains=2, num_warmup=50, num_samples=50, progress_bar=False))
     monkeypatch.setattr(programs, "MAX_LOADED", 1)
     fit(users(60, 1.0, "AB"), "A", config)
     one = maps()
-    fit(users(900, 9.0, "ABC"), "A", config)
+    fit(users(900, 9.0, "ABC"), "A", config)  # another number of arms: another program
     assert len(programs._loaded) == 1
     assert maps() - one < 500, (one, maps())  # held, the first program would have added ~1,500
 
@@ -88,20 +90,13 @@ def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
     """The program depends on the cells' capacity, not on how the cells split into count tiers:
     60 users with counts 0-8 and 2,000 users with counts up to ~100 (every tier, other sizes)
     are one program; a third arm is another."""
-    import numpy as np
-    import polars as pl
-
     from glmm_model import FitConfig, SamplerConfig, fit, model_inputs, programs, quadrature
     from glmm_model.data import prepare
 
     monkeypatch.setenv("GLMM_AB_JAX_CACHE", str(tmp_path))
     monkeypatch.setattr(programs, "_loaded", type(programs._loaded)())
 
-    def users(n: int, rate: float, arms: str) -> pl.DataFrame:
-        rng = np.random.default_rng(n)
-        return pl.DataFrame({"variant": rng.choice(list(arms), n), "cv_count": rng.poisson(rate * rng.gamma(1.0, 1.0, n))})
-
-    small, large = users(60, 1.0, "AB"), users(2000, 20.0, "AB")
+    small, large = users(60, 1.0, "AB", spread=1.0), users(2000, 20.0, "AB", spread=1.0)
     tiers = [[int(mask.sum()) for mask, _ in quadrature.tier_masks(
         prepare(frame, "A").cell_count)] for frame in (small, large)]
     assert tiers[0] != tiers[1] and min(tiers[1]) > 0, tiers
@@ -111,5 +106,5 @@ def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
     for frame in (small, large):
         fit(frame, "A", config)
     assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 1
-    fit(users(300, 1.0, "ABC"), "A", config)
+    fit(users(300, 1.0, "ABC", spread=1.0), "A", config)
     assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 2
