@@ -77,10 +77,10 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def program_key(name: str, settings: dict, data) -> str:
-    """Digest naming one program: name, settings, data shapes/dtypes and structure, code and versions."""
+def program_spec(name: str, settings: dict, data) -> dict:
+    """What names one program: name, settings, data shapes/dtypes and structure, code and versions."""
     leaves, tree = jax.tree.flatten(data)
-    spec = {
+    return {
         "name": name,
         "settings": settings,
         "tree": str(tree),
@@ -88,6 +88,11 @@ def program_key(name: str, settings: dict, data) -> str:
         "x64": bool(jax.config.jax_enable_x64),
         "code": _code_digest(),
     }
+
+
+def program_key(name: str, settings: dict, data) -> str:
+    """Digest of :func:`program_spec`: the program's file name."""
+    spec = program_spec(name, settings, data)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -130,6 +135,9 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
         exported = export.export(jax.jit(function))(*example_args)
         try:
             _write_atomically(path, exported.serialize())
+            # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
+            spec = json.dumps(program_spec(name, settings, data), sort_keys=True, indent=1, default=str)
+            _write_atomically(path.with_suffix(".json"), spec.encode())
         except OSError as exc:  # a read-only cache folder costs time, not results
             log.warning("could not save exported program %s: %s", path, exc)
     arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)

@@ -105,6 +105,9 @@ def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
                                              divergence_refits=()))
     for frame in (small, large):
         fit(frame, "A", config)
-    assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 1
+    [program] = (tmp_path / "programs").glob("nuts-collapsed_model-*.jax")
+    spec = json.loads(program.with_suffix(".json").read_text())  # what it was built for, beside it
+    assert spec["settings"]["num_warmup"] == 30 and spec["settings"]["num_chains"] == 2
+    assert [model_inputs.cell_capacity(1)] in [shape for shape, _ in spec["leaves"]]
     fit(users(300, 1.0, "ABC", spread=1.0), "A", config)
     assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 2
