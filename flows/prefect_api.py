@@ -112,7 +112,7 @@ def temporary_api(while_starting=None):
                 try:
                     yield api.url
                 finally:
-                    _drain_prefect_workers()
+                    drain_prefect_workers()
         finally:
             os.environ.pop("PREFECT_API_URL", None)
     finally:
@@ -120,7 +120,7 @@ def temporary_api(while_starting=None):
             api.stop()
 
 
-def _drain_prefect_workers(timeout: float = 10.0) -> None:
+def drain_prefect_workers(timeout: float = 10.0) -> None:
     """Send the logs and events Prefect still holds before the server goes (as Prefect's own test
     harness does); undrained, its workers retry a stopped server for a minute at exit."""
     from prefect.events.worker import EventsWorker

@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Prefect writes its database and settings under PREFECT_HOME: keep tests out of ~/.prefect.
+# Prefect writes its database and settings under PREFECT_HOME: keep tests out of ~/.prefect. Each
+# pytest-xdist worker has its own (and its own API server, below).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"glmm-ab-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: telemetry would log errors
@@ -49,11 +52,40 @@ def small_config() -> FitConfig:
     return FitConfig(sampler=SMALL, decision=DecisionRules(max_r_hat=1.05))
 
 
+_api = None
+
+
+def pytest_configure(config):
+    """One Prefect API server for the process that runs the tests, started before the test modules
+    are imported and named in ``PREFECT_API_URL``: the flows run in this process and every ``glmm-ab``
+    command the tests start use it, as a team's scheduled job uses its configured API, instead of each
+    command starting a temporary one (~8 s of CPU each). The tests of the temporary server's own path
+    drop the variable (:func:`pipeline_helpers.without_configured_api`). Not in pytest-xdist's
+    controller, which runs no test."""
+    global _api
+    runs_tests = hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no"
+    if runs_tests and not os.environ.get("PREFECT_API_URL"):
+        from flows.prefect_api import STARTUP_TIMEOUT_ENV, TemporaryApi
+
+        _api = TemporaryApi()
+        _api.wait(float(os.environ[STARTUP_TIMEOUT_ENV]))
+        os.environ["PREFECT_API_URL"] = _api.url
+
+
+def pytest_unconfigure(config):
+    if _api is not None:
+        from flows.prefect_api import drain_prefect_workers
+
+        drain_prefect_workers()
+        _api.stop()
+
+
 @pytest.fixture(scope="session")
 def harness():
-    from prefect.testing.utilities import prefect_test_harness
+    """The flows of this process report to the session's Prefect API (:func:`pytest_configure`)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
         yield
 
 

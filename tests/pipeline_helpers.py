@@ -23,6 +23,12 @@ def small(**changes) -> RunOptions:
 EXE = str(Path(sys.executable).with_name("glmm-ab"))
 
 
+def without_configured_api(env: dict) -> dict:
+    """``env`` without the session's ``PREFECT_API_URL`` (tests/conftest.py): a command run with it starts
+    its own temporary Prefect API, as it does for a user who configured none."""
+    return {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+
+
 def make_demo(path: Path) -> Path:
     open_warehouse(path).load_raw(build())
     return path

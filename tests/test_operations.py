@@ -14,7 +14,7 @@ import pytest
 
 from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql
+from pipeline_helpers import EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql, without_configured_api
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"]  # breakdowns: test_pipeline
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
@@ -260,7 +260,8 @@ def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succ
 def test_two_runs_at_once_with_one_prefect_home_take_turns(demo_run, tmp_path):
     """Started together on one warehouse and one PREFECT_HOME: both end by themselves, one after the other."""
     path = copy_one_experiment(demo_run[0], tmp_path / "wh")
-    env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "one-prefect-home")}
+    # no API configured: each run starts its own temporary server on the one home's database
+    env = without_configured_api({**CLI_ENV, "PREFECT_HOME": str(tmp_path / "one-prefect-home")})
     command = [EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             for _ in range(2)]

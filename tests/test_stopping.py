@@ -12,7 +12,7 @@ import polars as pl
 
 from flows.options import RunOptions
 from flows.warehouse import open_warehouse
-from pipeline_helpers import EXE, sql
+from pipeline_helpers import EXE, sql, without_configured_api
 
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 T0 = datetime(2026, 10, 1)
@@ -41,13 +41,13 @@ def wide_warehouse(path, wide_arms: int = 70):
     return path
 
 
-def sigterm_run(tmp_path, path, args: list[str], after: str, wait: float) -> tuple[int, float, str]:
+def sigterm_run(tmp_path, path, args: list[str], after: str, wait: float, env=CLI_ENV) -> tuple[int, float, str]:
     """``glmm-ab run`` on ``path``, sent SIGTERM ``wait`` s after its log shows ``after``: its exit code,
     the seconds it took to stop, and its log."""
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--as-of", AS_OF, "--no-publish", *args],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 600
         while after not in log.read_text():
@@ -69,16 +69,17 @@ def sigterm_run(tmp_path, path, args: list[str], after: str, wait: float) -> tup
 def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_its_limit(nightly, tmp_path):
     path = wide_warehouse(tmp_path / "wide.duckdb")
     as_of = datetime.fromisoformat(AS_OF)
-    # 4 chains: two chain groups at once, which used to hang the night at 0% CPU
+    # 2 chains: at 71 dimensions each is its own group, so two groups sample at once on the two threads,
+    # which used to hang the night at 0% CPU (4 chains, 2 at a time, took 80 s here and showed no more)
     done = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
-        num_chains=4, num_warmup=20, num_samples=20, refits=0, publish_results=False))
+        num_chains=2, num_warmup=20, num_samples=20, refits=0, publish_results=False))
     assert done.status == "succeeded" and done.failures.height == 0, done.failures
     lift = sql(path, "SELECT experiment_id, count(*) AS n FROM glmm.lift GROUP BY ALL ORDER BY ALL")
     assert lift.rows() == [("ab", 1), ("wide", 69)]
 
     # the same compiled program (warmup is part of it, the number of draws is not), 100x the draws
     limited = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
-        num_chains=4, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
+        num_chains=2, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
     assert limited.status == "succeeded"
     failures = sql(path, "SELECT experiment_id, error FROM glmm.fit_failures WHERE run_id = ?", [limited.run_id])
     assert failures["experiment_id"].to_list() == ["wide"]
@@ -91,7 +92,8 @@ def test_sigterm_stops_a_run_while_it_fits_and_records_why(tmp_path):
     path = wide_warehouse(tmp_path / "stop.duckdb", wide_arms=30)
     # long sampling and no time limit: only the signal can end it early
     code, took, output = sigterm_run(tmp_path, path, ["--chains", "4", "--warmup", "5000", "--samples", "50000",
-                                                      "--fit-timeout", "0"], "dbt built the pipeline models", 8)
+                                                      "--fit-timeout", "0"], "dbt built the pipeline models", 8,
+                                   env=without_configured_api(CLI_ENV))  # its own temporary API goes down with it
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert took < 60, f"took {took:.0f} s to stop"
     assert "stopped by SIGTERM" in output
