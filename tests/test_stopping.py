@@ -69,17 +69,16 @@ def sigterm_run(tmp_path, path, args: list[str], after: str, wait: float, env=CL
 def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_its_limit(nightly, tmp_path):
     path = wide_warehouse(tmp_path / "wide.duckdb")
     as_of = datetime.fromisoformat(AS_OF)
-    # 2 chains: at 71 dimensions each is its own group, so two groups sample at once on the two threads,
-    # which used to hang the night at 0% CPU (4 chains, 2 at a time, took 80 s here and showed no more)
+    # 4 chains: two chain groups at once, which used to hang the night at 0% CPU
     done = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
-        num_chains=2, num_warmup=20, num_samples=20, refits=0, publish_results=False))
+        num_chains=4, num_warmup=20, num_samples=20, refits=0, publish_results=False))
     assert done.status == "succeeded" and done.failures.height == 0, done.failures
     lift = sql(path, "SELECT experiment_id, count(*) AS n FROM glmm.lift GROUP BY ALL ORDER BY ALL")
     assert lift.rows() == [("ab", 1), ("wide", 69)]
 
     # the same compiled program (warmup is part of it, the number of draws is not), 100x the draws
     limited = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
-        num_chains=2, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
+        num_chains=4, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
     assert limited.status == "succeeded"
     failures = sql(path, "SELECT experiment_id, error FROM glmm.fit_failures WHERE run_id = ?", [limited.run_id])
     assert failures["experiment_id"].to_list() == ["wide"]
