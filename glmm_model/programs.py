@@ -90,10 +90,13 @@ def program_spec(name: str, settings: dict, data) -> dict:
     }
 
 
+def _digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 def program_key(name: str, settings: dict, data) -> str:
     """Digest of :func:`program_spec`: the program's file name."""
-    spec = program_spec(name, settings, data)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return _digest(program_spec(name, settings, data))
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
@@ -119,7 +122,8 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
     """
     from jax import export
 
-    key = program_key(name, settings, data)
+    spec = program_spec(name, settings, data)
+    key = _digest(spec)
     if key in _loaded:
         _loaded.move_to_end(key)
         return _loaded[key]
@@ -136,8 +140,7 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
         try:
             _write_atomically(path, exported.serialize())
             # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
-            spec = json.dumps(program_spec(name, settings, data), sort_keys=True, indent=1, default=str)
-            _write_atomically(path.with_suffix(".json"), spec.encode())
+            _write_atomically(path.with_suffix(".json"), json.dumps(spec, sort_keys=True, indent=1, default=str).encode())
         except OSError as exc:  # a read-only cache folder costs time, not results
             log.warning("could not save exported program %s: %s", path, exc)
     arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)

@@ -9,12 +9,12 @@ import time
 import urllib.request
 from datetime import date, datetime, timedelta
 
-import duckdb
 import pytest
 
 from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql, without_configured_api
+from pipeline_helpers import (EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql,
+                              without_configured_api)
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"]  # breakdowns: test_pipeline
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from pipeline_helpers import without_configured_api
+
 ROOT = Path(__file__).resolve().parents[1]
 # What a clean checkout holds: a developer's venv, build folders and warehouses must not reach the wheel.
 TOP_LEVEL_LOCAL = {".venv", ".git", "build", "dist", "warehouse", "test-artifacts", "logs", ".pytest_cache", ".cache"}
@@ -79,9 +81,9 @@ def fresh_install(tmp_path_factory):
 def test_the_wheel_runs_the_demo_from_a_folder_outside_the_repository(fresh_install, tmp_path):
     user_folder = tmp_path / "somewhere-else"
     user_folder.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GLMM_AB_DBT_", "PYTHON", "VIRTUAL_ENV")) and k != "GLMM_AB_WAREHOUSE"
-           and k != "PREFECT_API_URL"}  # a new user has no Prefect API configured: the demo starts one
+    # a new user has no Prefect API configured: the demo starts one
+    env = without_configured_api({k: v for k, v in os.environ.items()
+                                  if not k.startswith(("GLMM_AB_DBT_", "PYTHON", "VIRTUAL_ENV")) and k != "GLMM_AB_WAREHOUSE"})
     env.update(GLMM_AB_DBT_STATE=str(tmp_path / "dbt-state"))  # dbt's parse state, kept out of ~/.cache
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
                PATH=f"{fresh_install / 'bin'}:{env.get('PATH', '')}:{Path(sys.executable).parent}")  # dbt, last
