@@ -4,7 +4,7 @@ The loop is driven with NumPyro's functional NUTS kernel (``numpyro.infer.hmc.hm
 rather than its ``MCMC`` driver, which re-traces its loop on every ``run`` (seconds
 per fit, and ~1,300 leaked memory mappings per fit until LLVM cannot allocate more).
 
-One program per (model, input shapes, sampler settings) advances a group of
+One program per (model, input shapes, chains per group, tree depth) advances a group of
 chains by ``CHUNK`` iterations; its first call also draws the initial values and
 initialises the kernel. Chains within a group are vectorised with ``vmap``; groups
 run on their own threads (:func:`run_nuts`). The data are arguments (never baked
@@ -34,7 +34,7 @@ from functools import cached_property, partial
 import jax
 import numpy as np
 
-from . import programs
+from . import adaptation, programs
 from .config import FitConfig, SamplerConfig
 from .data import ExperimentData
 from .model_inputs import cells as histogram_cells, conversion_cells, covariate_cells, prior_arrays
@@ -121,21 +121,27 @@ def _progress(sampler: SamplerConfig) -> bool:
 
 
 def _build_chunk(model_name: str, data_tree, data_leaves, sc: SamplerConfig, dense_mass, sites: tuple):
-    """Trace-ready function ``chunk(state, first, seed, group, data) -> (state, outputs)`` and example arguments.
+    """Trace-ready function ``chunk(state, first, seed, group, warmup, data) -> (state, outputs)`` and example arguments.
 
     ``state`` is the flat list of the kernel state's arrays; with ``first`` true it
-    is ignored and the group's chains start afresh from ``seed`` and ``group``. ``outputs``: the
+    is ignored and the group's chains start afresh from ``seed`` and ``group``. ``warmup``:
+    :class:`.adaptation.WarmupInputs`, the warmup's length and target acceptance, inputs
+    rather than constants, so one program serves every warmup and every refit. ``outputs``: the
     constrained values of ``sites`` per iteration, then divergence, energy and
     leapfrog steps, each (chains, CHUNK, ...).
     """
     from numpyro import handlers
     from numpyro.infer.hmc import hmc
+    from numpyro.infer.hmc_util import IntegratorState
     from numpyro.infer.util import constrain_fn, potential_energy
+    from numpyro.util import cond, identity
 
     from . import model as model_module
 
     model = getattr(model_module, model_name)
     dense_mass = list(dense_mass) if isinstance(dense_mass, tuple) else dense_mass
+    # NumPyro's NUTS kernel with no warmup of its own: the adaptation is applied after each of its
+    # transitions, for as many iterations as the warmup input says (adaptation.py)
     init_kernel, sample_kernel = hmc(
         potential_fn_gen=lambda *args, **kwargs: partial(potential_energy, model, args, kwargs), algo="NUTS"
     )
@@ -154,16 +160,22 @@ def _build_chunk(model_name: str, data_tree, data_leaves, sc: SamplerConfig, den
 
         def init_one(z, key):
             return init_kernel(
-                z, sc.num_warmup, target_accept_prob=sc.target_accept, max_tree_depth=sc.max_tree_depth,
-                dense_mass=dense_mass, model_args=args, model_kwargs=kwargs, rng_key=key,
+                z, 0, max_tree_depth=sc.max_tree_depth, dense_mass=dense_mass, model_args=args, model_kwargs=kwargs,
+                rng_key=key,
             )
 
         return jax.vmap(init_one)(z, jax.random.split(key_chains, sc.num_chains))
 
-    def advance(state, args, kwargs):
+    def advance(state, warmup, args, kwargs):
+        adapt = adaptation.update_fn(warmup, dense_mass)
+
         def step(state, _):
-            state = sample_kernel(state, model_args=args, model_kwargs=kwargs)
-            return state, (state.z, state.diverging, state.energy, state.num_steps)
+            new = sample_kernel(state, model_args=args, model_kwargs=kwargs)
+            z_info = IntegratorState(new.z, None, new.potential_energy, new.z_grad)
+            adapt_state = cond(state.i < warmup.num_warmup, (state.i, new.accept_prob, z_info, state.adapt_state),
+                               lambda a: adapt(*a), state.adapt_state, identity)
+            new = new._replace(adapt_state=adapt_state)
+            return new, (new.z, new.diverging, new.energy, new.num_steps)
 
         return jax.lax.scan(step, state, None, length=CHUNK)
 
@@ -175,17 +187,20 @@ def _build_chunk(model_name: str, data_tree, data_leaves, sc: SamplerConfig, den
     state_shape = jax.eval_shape(start, jax.random.PRNGKey(0), args0, kwargs0)
     state_leaves, state_tree = jax.tree.flatten(state_shape)
 
-    def chunk(state_leaves, first, seed, group, data_leaves):
+    def chunk(state_leaves, first, seed, group, warmup, data_leaves):
         rng_key = jax.random.fold_in(jax.random.PRNGKey(seed), group)
         args, kwargs = jax.tree.unflatten(data_tree, data_leaves)
         state = jax.tree.unflatten(state_tree, state_leaves)
+        warmup = adaptation.WarmupInputs(*warmup)
         state = jax.lax.cond(first, lambda: start(rng_key, args, kwargs), lambda: state)
-        state, (z, diverging, energy, num_steps) = jax.vmap(advance, in_axes=(0, None, None))(state, args, kwargs)
+        state, (z, diverging, energy, num_steps) = jax.vmap(advance, in_axes=(0, None, None, None))(
+            state, warmup, args, kwargs)
         values = jax.vmap(jax.vmap(constrain, in_axes=(0, None, None)), in_axes=(0, None, None))(z, args, kwargs)
         return jax.tree.leaves(state), (values, diverging, energy, num_steps)
 
     scalar = jax.ShapeDtypeStruct((), np.uint32)
-    example = (list(state_leaves), jax.ShapeDtypeStruct((), bool), scalar, scalar, list(data_leaves))
+    warmup = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in adaptation.warmup_inputs(0, 0.8)]
+    example = (list(state_leaves), jax.ShapeDtypeStruct((), bool), scalar, scalar, warmup, list(data_leaves))
     return chunk, example
 
 
@@ -221,19 +236,20 @@ class _Stop:
             raise self.reason
 
 
-def _run_group(program, group: int, seed: int, data_leaves, total: int, bar, stop: _Stop) -> list:
+def _run_group(program, group: int, seed: int, warmup, data_leaves, total: int, bar, stop: _Stop) -> list:
     """Every chunk's outputs for one group of chains (runs in its own thread)."""
     # every argument on the device from the first call on: a host array where a device
     # array came before counts as a new input placement and costs a second compilation
     device = jax.devices()[0]
-    state, data_leaves, seed, group = jax.device_put(
-        ([np.zeros(a.shape, a.dtype) for a in program.arg_avals[0]], data_leaves, np.uint32(seed), np.uint32(group)),
+    state, warmup, data_leaves, seed, group = jax.device_put(
+        ([np.zeros(a.shape, a.dtype) for a in program.arg_avals[0]], list(warmup), data_leaves, np.uint32(seed),
+         np.uint32(group)),
         device,
     )
     chunks = []
     for i in range(math.ceil(total / CHUNK)):
         stop.check()
-        state, out = program.call(state, np.bool_(i == 0), seed, group, data_leaves)
+        state, out = program.call(state, np.bool_(i == 0), seed, group, warmup, data_leaves)
         chunks.append(jax.device_get(out))
         if i == 0:
             stop.first_chunk_done()
@@ -312,8 +328,8 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
 
     def program_for(chains: int):
         group_sc = replace(sc, num_chains=chains)
-        settings = {"model": model_name, "chunk": CHUNK, "num_chains": chains, "num_warmup": sc.num_warmup,
-                    "target_accept": sc.target_accept, "max_tree_depth": sc.max_tree_depth,
+        # warmup and target acceptance are inputs (adaptation.py): one program serves every warmup and refit
+        settings = {"model": model_name, "chunk": CHUNK, "num_chains": chains, "max_tree_depth": sc.max_tree_depth,
                     "dense_mass": dense_mass, "sites": sites}
         return programs.load(
             f"nuts-{model_name}", settings, (args, kwargs),
@@ -321,6 +337,7 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
         )
 
     group_programs = [program_for(chains) for chains in groups]
+    warmup = adaptation.warmup_inputs(sc.num_warmup, sc.target_accept)
     stop.start()
     total = sc.num_warmup + sc.num_samples
     bar = None
@@ -332,7 +349,7 @@ def run_nuts(model_name: str, args, kwargs, sc: SamplerConfig, progress: bool = 
     workers = max(1, min(len(groups), cores))
     try:
         per_group = _in_threads(
-            lambda g: _run_group(group_programs[g], g, sc.seed, data_leaves, total, bar, stop), len(groups), workers, stop
+            lambda g: _run_group(group_programs[g], g, sc.seed, warmup, data_leaves, total, bar, stop), len(groups), workers, stop
         )
     finally:
         if bar is not None:

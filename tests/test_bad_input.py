@@ -134,7 +134,7 @@ def test_a_fit_that_does_not_converge_is_invalid_never_a_decision(dirty, nightly
     con = duckdb.connect(str(path))
     con.execute("DELETE FROM raw.experiments WHERE experiment_id <> 'e_before'")
     con.close()
-    # 3 warmup steps: a sampler that cannot converge; no refits (they would only compile more programs here)
+    # 3 warmup steps: a sampler that cannot converge; no refits (they would only take more time here)
     report = nightly(warehouse=str(path), options=RunOptions(num_chains=2, num_warmup=3, num_samples=30, refits=0,
                                                              publish_results=False))
     assert report.status == "succeeded" and report.lift.height > 0

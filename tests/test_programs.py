@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_a_long_lived_process_holds_a_bounded_number_of_programs(monkeypatch):
 def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
     """The program depends on the cells' capacity, not on how the cells split into count tiers:
     60 users with counts 0-8 and 2,000 users with counts up to ~100 (every tier, other sizes)
-    are one program; a third arm is another."""
+    are one program, and so is a refit's longer warmup and higher target acceptance; a third arm
+    is another."""
     from glmm_model import FitConfig, SamplerConfig, fit, model_inputs, programs, quadrature
     from glmm_model.data import prepare
 
@@ -107,7 +109,10 @@ def test_experiments_of_one_family_share_one_program(tmp_path, monkeypatch):
         fit(frame, "A", config)
     [program] = (tmp_path / "programs").glob("nuts-collapsed_model-*.jax")
     spec = json.loads(program.with_suffix(".json").read_text())  # what it was built for, beside it
-    assert spec["settings"]["num_warmup"] == 30 and spec["settings"]["num_chains"] == 2
+    assert spec["settings"]["num_chains"] == 2 and "num_warmup" not in spec["settings"]
     assert [model_inputs.cell_capacity(1)] in [shape for shape, _ in spec["leaves"]]
+    refit = replace(config.sampler, num_warmup=60, target_accept=0.95)  # what a refit after divergences runs
+    assert fit(small, "A", replace(config, sampler=refit)).diagnostics["num_warmup"][0] == 60
+    assert list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax")) == [program]
     fit(users(300, 1.0, "ABC", spread=1.0), "A", config)
     assert len(list((tmp_path / "programs").glob("nuts-collapsed_model-*.jax"))) == 2

@@ -76,7 +76,7 @@ def test_a_wide_experiment_fits_under_the_nightly_job_and_a_slow_fit_stops_at_it
     lift = sql(path, "SELECT experiment_id, count(*) AS n FROM glmm.lift GROUP BY ALL ORDER BY ALL")
     assert lift.rows() == [("ab", 1), ("wide", 69)]
 
-    # the same compiled program (warmup is part of it, the number of draws is not), 100x the draws
+    # the same compiled program (neither warmup nor the number of draws is part of it), 100x the draws
     limited = nightly(warehouse=str(path), as_of=as_of, options=RunOptions(
         num_chains=4, num_warmup=20, num_samples=2000, fit_timeout=20, refits=0, publish_results=False))
     assert limited.status == "succeeded"
