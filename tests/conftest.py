@@ -72,6 +72,20 @@ def pytest_configure(config):
         os.environ["PREFECT_API_URL"] = _api.url
 
 
+# The test files, longest first (seconds each took under two workers, CI of 2026-12-01): pytest-xdist
+# hands each worker the next file in this order (--no-loadscope-reorder), so the long ones start
+# early and the short ones fill in at the end, and both workers finish close together. A file not
+# listed runs after these; a stale order costs balance, never a result.
+LONGEST_FIRST = ("test_operations", "test_spark", "test_pipeline", "test_stopping", "test_tiny", "test_wheel",
+                 "test_segments", "test_fit", "test_programs", "test_dashboard", "test_raw_drift", "test_limits",
+                 "test_bad_input", "test_cli", "test_publish", "test_planned_split", "test_dask")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a file's own order is kept
+
+
 def pytest_unconfigure(config):
     if _api is not None:
         from flows.prefect_api import drain_prefect_workers

@@ -6,7 +6,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 
 from glmm_model.programs import program_key
 
