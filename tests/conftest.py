@@ -72,26 +72,38 @@ def pytest_configure(config):
         os.environ["PREFECT_API_URL"] = _api.url
 
 
-# The test files, longest first (seconds each took under two workers, CI of 2026-12-01): pytest-xdist
-# hands each worker the next file in this order (--no-loadscope-reorder), so the long ones start
-# early and the short ones fill in at the end, and both workers finish close together. A file not
-# listed runs after these; a stale order costs balance, never a result.
-LONGEST_FIRST = ("test_operations", "test_spark", "test_pipeline", "test_stopping", "test_tiny", "test_wheel",
-                 "test_segments", "test_fit", "test_programs", "test_dashboard", "test_raw_drift", "test_limits",
-                 "test_bad_input", "test_cli", "test_publish", "test_planned_split", "test_dask")
+# Scheduling on two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder in pyproject.toml).
+# Every file that reads the demo warehouse (the session fixture demo_run: two nights of the demo,
+# minutes to build) goes to one worker, as one group, so it is built once; every other file is a
+# group of its own, so its module fixtures are built once too. The groups go out in this order,
+# the longest first (seconds each took under two workers, CI of 2026-12-01): the demo group on
+# one worker, the others on the second, short files filling in at the end. A file not listed runs
+# after these; a stale order costs balance, never a result.
+DEMO_GROUP = "demo_run"
+LONGEST_FIRST = (DEMO_GROUP, "test_spark", "test_stopping", "test_tiny", "test_wheel", "test_segments", "test_fit",
+                 "test_programs", "test_raw_drift", "test_limits", "test_bad_input", "test_cli", "test_planned_split")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
+    demo_files = {item.path for item in items if "demo_run" in item.fixturenames}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(DEMO_GROUP if item.path in demo_files else item.path.stem))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a file's own order is kept
+    items.sort(key=lambda item: rank.get(DEMO_GROUP if item.path in demo_files else item.path.stem, len(rank)))
 
 
-def pytest_unconfigure(config):
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the API before a pytest-xdist worker reports that it finished: the controller then ends the
+    worker, and a server stopped later (at unconfigure) was left running."""
+    global _api
     if _api is not None:
         from flows.prefect_api import drain_prefect_workers
 
         drain_prefect_workers()
         _api.stop()
+        _api = None
 
 
 @pytest.fixture(scope="session")

@@ -56,12 +56,15 @@ ONE_EXPERIMENT = "pricing_copy"
 
 def keep_one_experiment(path: Path, experiment_id: str = ONE_EXPERIMENT) -> Path:
     """Delete every other experiment's users from a demo warehouse's raw logs (their exposures, events and
-    segments; raw.experiments stays whole): a run then fits that experiment's 4 pairs, not the demo's 12.
+    segments; the kept users' own platforms stay; raw.experiments stays whole): a run then fits that
+    experiment's 4 pairs, not the demo's 16.
     For the tests of how runs behave (locks, reruns, backfill, runners, publishing), not of what they find."""
     con = duckdb.connect(str(path))
     try:
         con.execute("DELETE FROM raw.assignments WHERE experiment_id <> ?", [experiment_id])
-        con.execute("DELETE FROM raw.user_segments WHERE experiment_id IS DISTINCT FROM ?", [experiment_id])
+        # a segment row of another experiment, or a user-level one (no experiment) of a user not kept
+        con.execute("DELETE FROM raw.user_segments WHERE experiment_id <> ? OR (experiment_id IS NULL AND "
+                    "user_id NOT IN (SELECT user_id FROM raw.assignments))", [experiment_id])
         con.execute("DELETE FROM raw.events WHERE user_id NOT IN (SELECT user_id FROM raw.assignments)")
     finally:
         con.close()

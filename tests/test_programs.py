@@ -79,6 +79,9 @@ def test_a_long_lived_process_holds_a_bounded_number_of_programs(monkeypatch):
 
     config = FitConfig(sampler=SamplerConfig(num_chains=2, num_warmup=50, num_samples=50, progress_bar=False))
     monkeypatch.setattr(programs, "MAX_LOADED", 1)
+    # none held yet: this process's earlier tests may hold both programs, and a program already held is
+    # not loaded again (nothing to drop)
+    monkeypatch.setattr(programs, "_loaded", type(programs._loaded)())
     fit(users(60, 1.0, "AB"), "A", config)
     one = maps()
     fit(users(900, 9.0, "ABC"), "A", config)  # another number of arms: another program

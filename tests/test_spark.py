@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import EXE, SMALL_FLOW, copy_one_experiment, debian_package, expected_decision, small, sql
+from pipeline_helpers import EXE, SMALL_FLOW, debian_package, expected_decision, keep_one_experiment, make_demo, small, sql
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[spark]')")
 pytest.importorskip("dbt.adapters.spark", reason="the spark extra is not installed (pip install -e '.[spark]')")
@@ -37,14 +37,16 @@ def java() -> str:
 
 
 @pytest.fixture(scope="module")
-def spark_run(java, demo_run, nightly, tmp_path_factory):
+def spark_run(java, nightly, tmp_path_factory):
     """The demo's raw logs of its checkout button (pre-period counts, platforms, a guardrail: every
     model the night builds) landed in a Spark warehouse by load-raw, and one nightly run on each engine
     for the same as-of and seed (the DuckDB one in this process, the Spark one through the CLI). One
     experiment, not the demo's three: Spark's cost is per query, not per row, and the fits are the
-    same code on both engines."""
+    same code on both engines. The demo's raw logs alone (not the session's demo_run): this file then
+    needs no worker's demo warehouse and runs beside the files that do."""
     folder = tmp_path_factory.mktemp("spark")
-    duck = copy_one_experiment(demo_run[0], folder / "duckdb", "checkout_button")
+    (folder / "duckdb").mkdir()
+    duck = keep_one_experiment(make_demo(folder / "duckdb" / "demo.duckdb"), "checkout_button")
     spark_dir = folder / "spark"
     loaded = cli("load-raw", str(duck), "--engine", "spark", "--warehouse", str(spark_dir))
     assert loaded.returncode == 0, loaded.stderr[-3000:]

@@ -125,10 +125,13 @@ def test_sigterm_while_dbt_builds_cancels_its_queries_and_records_why(tmp_path):
     code, took, output = sigterm_run(tmp_path, path, [], "as of 2026-10-20", 6)
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert "dbt built the pipeline models" not in output  # the signal came while dbt ran
-    # The build had ~15 s left. On 2026-12-01 this test's stop took 11-17 s in 4 of 8 runs here (the
-    # other 4 under 10 s), on code that changes nothing in the dbt path; the stop waits for DuckDB to
-    # take the cancel. Not understood yet: the bound is loosened from 10 s, the other checks stand.
-    assert took < 20, f"took {took:.0f} s to stop"
+    # dbt's queries were cancelled (DuckDB's INTERRUPT), not run to their end
+    assert "INTERRUPT" in output, output[-3000:]
+    # The build had ~15 s left on an idle machine. On 2026-12-01 this test's stop took 11-17 s in 4 of 8
+    # runs here (the other 4 under 10 s), and 29 s once in CI with both workers and other jobs busy
+    # (dbt's INTERRUPT came 24 s after the signal): the stop waits for DuckDB to take the cancel
+    # inside its running query. Not understood yet; the bound only catches a stop that hangs.
+    assert took < 60, f"took {took:.0f} s to stop"
     runs = sql(path, "SELECT status, message FROM glmm.runs")
     assert runs.rows() == [("failed", "before fitting: RunStopped: stopped by SIGTERM")]
     assert sql(path, "SELECT count(*) AS n FROM raw.events")["n"][0] == 4_000_000  # the raw logs untouched
