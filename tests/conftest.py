@@ -72,25 +72,45 @@ def pytest_configure(config):
         os.environ["PREFECT_API_URL"] = _api.url
 
 
-# Scheduling on two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder in pyproject.toml).
-# Every file that reads the demo warehouse (the session fixture demo_run: two nights of the demo,
-# minutes to build) goes to one worker, as one group, so it is built once; every other file is a
-# group of its own, so its module fixtures are built once too. The groups go out in this order,
-# the longest first (seconds each took under two workers, CI of 2026-12-01): the demo group on
-# one worker, the others on the second, short files filling in at the end. A file not listed runs
-# after these; a stale order costs balance, never a result.
+# Scheduling on two pytest-xdist workers (-n 2 --no-loadscope-reorder in pyproject.toml, the
+# scheduler below). Every file that reads the demo warehouse (the session fixture demo_run: two
+# nights of the demo, minutes to build) goes to one worker, as one unit, so it is built once; every
+# other file is a unit of its own, so its module fixtures are built once too. The units go out in
+# this order, the longest first (seconds each took under two workers, CI of 2026-12-01): the demo
+# files on one worker, the others on the second, short files filling in at the end. A file not
+# listed runs after these; a stale order costs balance, never a result.
 DEMO_GROUP = "demo_run"
+DEMO_FILES = ("test_dashboard", "test_dask", "test_operations", "test_pipeline", "test_publish")
 LONGEST_FIRST = (DEMO_GROUP, "test_spark", "test_stopping", "test_tiny", "test_wheel", "test_segments", "test_fit",
                  "test_programs", "test_raw_drift", "test_limits", "test_bad_input", "test_cli", "test_planned_split")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def _unit(path: str) -> str:
+    """The scheduling unit of a test file ('tests/test_x.py' or a Path)."""
+    stem = os.path.splitext(os.path.basename(str(path)))[0]
+    return DEMO_GROUP if stem in DEMO_FILES else stem
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's file-by-file scheduler, with the demo files as one unit (its own groups,
+    --dist loadgroup, no longer reach the scheduler under pytest 9: they rename a test's id
+    through an attribute pytest 9 does not read)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DemoFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid.split("::", 1)[0])
+
+    return DemoFilesTogether(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    demo_files = {item.path for item in items if "demo_run" in item.fixturenames}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(DEMO_GROUP if item.path in demo_files else item.path.stem))
+    unlisted = sorted({item.path.name for item in items
+                       if "demo_run" in item.fixturenames and _unit(item.path) != DEMO_GROUP})
+    if unlisted:  # it would build the demo warehouse on a second worker
+        raise pytest.UsageError(f"{', '.join(unlisted)} read demo_run: add them to DEMO_FILES in tests/conftest.py")
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(DEMO_GROUP if item.path in demo_files else item.path.stem, len(rank)))
+    items.sort(key=lambda item: rank.get(_unit(item.path), len(rank)))  # stable: a file's own order is kept
 
 
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
