@@ -72,7 +72,7 @@ def update_fn(warmup: WarmupInputs, dense_mass):
     regularised, no step-size search) with ``warmup``'s values read at run time."""
     import jax.numpy as jnp
     from jax import random
-    from numpyro.infer.hmc_util import HMCAdaptState, dual_averaging, welford_covariance
+    from numpyro.infer.hmc_util import dual_averaging, welford_covariance
     from numpyro.util import cond, identity
 
     ss_init, ss_update = dual_averaging()
@@ -80,32 +80,31 @@ def update_fn(warmup: WarmupInputs, dense_mass):
     num_warmup, target_accept, schedule, num_windows = (jnp.asarray(a) for a in warmup)
 
     def update_at_window_end(z_info, rng_key_ss, state):
-        step_size, inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv, ss_state, mm_state, window_idx, rng_key = state
-        inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv = mm_final(mm_state, regularize=True)
+        inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv = mm_final(state.mm_state, regularize=True)
         if isinstance(inverse_mass_matrix, dict):
             size = {k: v.shape for k, v in inverse_mass_matrix.items()}
         else:
             size = inverse_mass_matrix.shape[-1]
-        mm_state = mm_init(size)
-        ss_state = ss_init(jnp.log(10) + jnp.log(step_size))  # no step-size search: step_size as it is
-        return HMCAdaptState(step_size, inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv, ss_state,
-                             mm_state, window_idx, rng_key)
+        return state._replace(  # no step-size search: the step size as it is
+            inverse_mass_matrix=inverse_mass_matrix, mass_matrix_sqrt=mass_matrix_sqrt,
+            mass_matrix_sqrt_inv=mass_matrix_sqrt_inv, mm_state=mm_init(size),
+            ss_state=ss_init(jnp.log(10) + jnp.log(state.step_size)))
 
     def update(t, accept_prob, z_info, state):
-        step_size, inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv, ss_state, mm_state, window_idx, rng_key = state
-        rng_key, rng_key_ss = random.split(rng_key)
-        ss_state = ss_update(target_accept - accept_prob, ss_state)
+        rng_key, rng_key_ss = random.split(state.rng_key)
+        ss_state = ss_update(target_accept - accept_prob, state.ss_state)
         # at the end of warmup, the average of log step size
         log_step_size, log_step_size_avg, *_ = ss_state
         step_size = jnp.where(t == (num_warmup - 1), jnp.exp(log_step_size_avg), jnp.exp(log_step_size))
         finfo = jnp.finfo(jnp.result_type(step_size))
         step_size = jnp.clip(step_size, finfo.tiny, finfo.max)
+        window_idx = state.window_idx
         is_middle_window = (0 < window_idx) & (window_idx < (num_windows - 1))
-        mm_state = cond(is_middle_window, (z_info[0], mm_state), lambda args: mm_update(*args), mm_state, identity)
+        mm_state = cond(is_middle_window, (z_info[0], state.mm_state), lambda args: mm_update(*args), state.mm_state,
+                        identity)
         t_at_window_end = t == schedule[window_idx, 1]
-        window_idx = jnp.where(t_at_window_end, window_idx + 1, window_idx)
-        state = HMCAdaptState(step_size, inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv, ss_state,
-                              mm_state, window_idx, rng_key)
+        state = state._replace(step_size=step_size, ss_state=ss_state, mm_state=mm_state, rng_key=rng_key,
+                               window_idx=jnp.where(t_at_window_end, window_idx + 1, window_idx))
         return cond(t_at_window_end & is_middle_window, (z_info, rng_key_ss, state),
                     lambda args: update_at_window_end(*args), state, identity)
 
