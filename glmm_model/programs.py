@@ -15,8 +15,10 @@ its name and settings, the shapes and dtypes of its inputs, the versions of
 jax, jaxlib and numpyro, and the source of the modules that define the model
 (:mod:`.model`, :mod:`.model_inputs`, :mod:`.quadrature`, :mod:`.sampling`). A change to any of them
 gives a new name; an unreadable file is rebuilt, never trusted. Files are written
-to a temporary name and renamed, so two processes building the same program at
-once leave one whole file.
+to a temporary name and renamed, so a reader never sees half a file. A process about to
+build a program holds a lock on it (``programs/*.lock``) while it traces, so processes
+of one machine that need the same program at once (Dask workers, a second job) build it
+once: the others wait, then load the file.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -111,6 +114,38 @@ def _write_atomically(path: Path, payload: bytes) -> None:
         raise
 
 
+@contextmanager
+def _building(path: Path):
+    """Held while this process builds the program saved at ``path``; another process building it waits
+    here. An advisory lock on a file beside it, released with the file (or the process); a folder
+    where the lock cannot be taken (read-only, no fcntl) builds without it."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a+b")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _read(path: Path, warn: bool = True):
+    """The exported program saved at ``path``, or None when there is none or it cannot be read."""
+    from jax import export
+
+    if not path.is_file():
+        return None
+    try:
+        return export.deserialize(bytearray(path.read_bytes()))
+    except Exception as exc:  # a truncated or foreign file: rebuild it
+        if warn:
+            log.warning("rebuilding unreadable exported program %s: %s", path, exc)
+        return None
+
+
 def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tuple]]) -> Program:
     """A compiled program for ``settings`` and inputs shaped like ``data``.
 
@@ -118,7 +153,7 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
     returns the function and example arguments (arrays or ``jax.ShapeDtypeStruct``)
     to trace it with; it is exported and saved. ``data`` (arrays) names the program
     together with ``name`` and ``settings``: everything else about its inputs must
-    follow from them.
+    follow from them. Another process building the same program is waited for.
     """
     from jax import export
 
@@ -128,21 +163,20 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
         _loaded.move_to_end(key)
         return _loaded[key]
     path = cache_dir() / "programs" / f"{name}-{key}.jax"
-    exported = None
-    if path.is_file():
-        try:
-            exported = export.deserialize(bytearray(path.read_bytes()))
-        except Exception as exc:  # a truncated or foreign file: rebuild it
-            log.warning("rebuilding unreadable exported program %s: %s", path, exc)
+    exported = _read(path)
     if exported is None:
-        function, example_args = build()
-        exported = export.export(jax.jit(function))(*example_args)
-        try:
-            _write_atomically(path, exported.serialize())
-            # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
-            _write_atomically(path.with_suffix(".json"), json.dumps(spec, sort_keys=True, indent=1, default=str).encode())
-        except OSError as exc:  # a read-only cache folder costs time, not results
-            log.warning("could not save exported program %s: %s", path, exc)
+        with _building(path):
+            exported = _read(path, warn=False)  # built by another process while this one waited
+            if exported is None:
+                function, example_args = build()
+                exported = export.export(jax.jit(function))(*example_args)
+                try:
+                    _write_atomically(path, exported.serialize())
+                    # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
+                    _write_atomically(path.with_suffix(".json"),
+                                      json.dumps(spec, sort_keys=True, indent=1, default=str).encode())
+                except OSError as exc:  # a read-only cache folder costs time, not results
+                    log.warning("could not save exported program %s: %s", path, exc)
     arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
     program = Program(call=jax.jit(exported.call), arg_avals=tuple(arg_avals))
     _loaded[key] = program

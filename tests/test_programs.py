@@ -20,23 +20,32 @@ print(json.dumps({"means": result.posterior_summary["mean"].to_list(),
 """
 
 
-def _fit(cache: Path) -> dict:
+def _start(cache: Path) -> subprocess.Popen:
     env = {**os.environ, "GLMM_AB_JAX_CACHE": str(cache)}
-    out = subprocess.run([sys.executable, "-c", FIT_IN_A_PROCESS], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[1], timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", FIT_IN_A_PROCESS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_second_process_loads_the_program_without_numpyro(tmp_path):
+def _result(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _fit(cache: Path) -> dict:
+    return _result(_start(cache))
+
+
+def test_a_program_is_built_once_and_other_processes_load_it_without_numpyro(tmp_path):
+    """Two processes that need the same program at once on an empty cache (Dask workers, two jobs): one
+    traces it while the other waits for it, then loads it."""
     cache = tmp_path / "cache"
-    first = _fit(cache)
+    together = [_result(p) for p in [_start(cache), _start(cache)]]
     files = sorted((cache / "programs").glob("nuts-collapsed_model-*.jax"))
     assert len(files) == 1  # two groups of two chains share one program
-    assert first["numpyro_imported"]  # it had to trace the model
-
-    second = _fit(cache)
-    assert not second["numpyro_imported"], "the exported program should have been loaded, not traced"
+    assert sorted(r["numpyro_imported"] for r in together) == [False, True], "one traces, the other loads"
+    first = next(r for r in together if r["numpyro_imported"])
+    second = next(r for r in together if not r["numpyro_imported"])
     assert not second["arviz_imported"]
     assert second["means"] == first["means"]
 
