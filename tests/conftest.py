@@ -80,8 +80,8 @@ def pytest_configure(config):
 # files on one worker, the others on the second, short files filling in at the end. A file not
 # listed runs after these; a stale order costs balance, never a result.
 DEMO_GROUP = "demo_run"
-DEMO_FILES = ("test_dashboard", "test_dask", "test_pipeline", "test_publish")
-LONGEST_FIRST = (DEMO_GROUP, "test_spark", "test_operations", "test_stopping", "test_tiny", "test_wheel", "test_segments", "test_fit",
+DEMO_FILES = ("test_dashboard", "test_dask", "test_operations", "test_pipeline", "test_publish")
+LONGEST_FIRST = (DEMO_GROUP, "test_spark", "test_stopping", "test_tiny", "test_wheel", "test_segments", "test_fit",
                  "test_programs", "test_raw_drift", "test_limits", "test_bad_input", "test_cli", "test_planned_split")
 
 

@@ -13,22 +13,11 @@ import pytest
 
 from flows.warehouse import duckdb_warehouse as wh
 from glmm_model.schema import SCHEMAS
-from pipeline_helpers import (EXE, ONE_EXPERIMENT, copy_warehouse, free_port, keep_one_experiment, make_demo, small,
-                              sql, without_configured_api)
+from pipeline_helpers import (EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql,
+                              without_configured_api)
 
 SMALL_ARGS = ["--chains", "2", "--warmup", "200", "--samples", "300", "--no-segments"]  # breakdowns: test_pipeline
 CLI_ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-
-
-@pytest.fixture(scope="module")
-def ops_run(tmp_path_factory, nightly):
-    """The demo's cheapest experiment alone (its 4 metrics) and two nights of it, each publishing
-    its BI copy and with segment breakdowns: the history these tests run against, copied by each.
-    Its own warehouse, not the session's demo_run: this file then runs beside the demo files."""
-    path = keep_one_experiment(make_demo(tmp_path_factory.mktemp("ops") / "demo.duckdb"))
-    first = nightly(warehouse=str(path), options=small(segments=True))
-    second = nightly(warehouse=str(path), options=small(segments=True))
-    return path, first, second
 
 
 def hold_lock(path, seconds: float) -> subprocess.Popen:
@@ -44,26 +33,26 @@ def hold_lock(path, seconds: float) -> subprocess.Popen:
     return holder
 
 
-def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_newest(ops_run, nightly, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path)
+def test_a_rerun_of_an_old_night_gives_the_same_answer_once_and_latest_stays_newest(demo_run, nightly, tmp_path):
+    path = copy_one_experiment(demo_run[0], tmp_path)
     as_of = datetime.combine(date.today() - timedelta(days=2), datetime.min.time())
     first = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
     again = nightly(warehouse=str(path), as_of=as_of, options=small(publish_results=False))
     lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
     assert sql(path, lift, [first.run_id]).equals(sql(path, lift, [again.run_id]))  # fixed seeds: same numbers
     breakdowns = "SELECT count(*) AS n FROM glmm.segment_lift WHERE run_id = ?"  # small(): segments=False
-    assert sql(path, breakdowns, [first.run_id])["n"][0] == 0 and sql(path, breakdowns, [newest := ops_run[2].run_id])["n"][0] > 0
+    assert sql(path, breakdowns, [first.run_id])["n"][0] == 0 and sql(path, breakdowns, [newest := demo_run[2].run_id])["n"][0] > 0
     history = sql(path, "SELECT run_id FROM rpt_lift_history WHERE as_of = ?", [as_of])
     assert history.height == 4 and set(history["run_id"]) == {again.run_id}  # one answer for that night (4 metrics)
-    # the old night finished last, but the latest answer stays at the newest as-of (the fixture's second night)
+    # the old night finished last, but the latest answer stays at the newest as-of (the demo's second run)
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
     assert latest["run_id"].to_list() == [newest]
     health = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_health")
     assert health["run_id"].to_list() == [newest]
 
 
-def test_backfill_runs_each_date_in_order_and_status_lists_them(ops_run, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path)
+def test_backfill_runs_each_date_in_order_and_status_lists_them(demo_run, tmp_path):
+    path = copy_one_experiment(demo_run[0], tmp_path)
     d1 = date.today() - timedelta(days=3)
     d2 = d1 + timedelta(days=1)
     proc = subprocess.run([EXE, "backfill", "--warehouse", str(path), "--from", str(d1), "--to", str(d2),
@@ -78,19 +67,19 @@ def test_backfill_runs_each_date_in_order_and_status_lists_them(ops_run, tmp_pat
         assert f"run {run_id}: dbt built the pipeline models" in logs and f"run {run_id} succeeded" in logs
     # backfilled nights are history, not the latest answer: that stays at the newest as-of
     latest = sql(path, "SELECT DISTINCT run_id FROM rpt_experiment_results_latest")
-    assert latest["run_id"].to_list() == [ops_run[2].run_id]
+    assert latest["run_id"].to_list() == [demo_run[2].run_id]
     status = subprocess.run([EXE, "status", "--warehouse", str(path), "--limit", "3"], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert runs["run_id"][0] in lines[2] and runs["run_id"][1] in lines[3]  # newest first
-    assert "Health of the latest results" in status.stdout and ONE_EXPERIMENT in status.stdout
+    assert "Health of the latest results" in status.stdout and "checkout_button" in status.stdout
     bad = subprocess.run([EXE, "backfill", "--warehouse", str(path), "--from", str(d2), "--to", str(d1)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "is before --from" in bad.stderr
 
 
-def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(ops_run, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path)
+def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path)
     holder = hold_lock(path, 3)
     started = time.monotonic()
     with wh.connect(path, lock_wait=60) as con:  # waits for the holder to let go
@@ -148,10 +137,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
 """
 
 
-def test_served_deployment_runs_when_triggered_through_the_api(ops_run, tmp_path):
+def test_served_deployment_runs_when_triggered_through_the_api(demo_run, tmp_path):
     """A real `prefect server start` on loopback; `glmm-ab serve` registers the cron deployment; a run
     triggered through the API completes and leaves its results in the warehouse."""
-    path = copy_warehouse(ops_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**CLI_ENV, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
@@ -224,9 +213,9 @@ def snapshot(path, bi):
     return sql(path, latest), sql(bi, latest), sql(path, "SELECT run_id, status FROM glmm.runs ORDER BY run_id")
 
 
-def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succeeds(ops_run, nightly, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path / "wh")
-    bi = copy_warehouse(ops_run[0].with_name("demo_bi.duckdb"), tmp_path / "wh")
+def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succeeds(demo_run, nightly, tmp_path):
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
+    bi = copy_warehouse(demo_run[0].with_name("demo_bi.duckdb"), tmp_path / "wh")
     before = snapshot(path, bi)
 
     # 1. killed while fitting: a real `glmm-ab run`, SIGKILLed (with dbt and all) once fitting has begun
@@ -268,9 +257,9 @@ def test_sigkill_during_the_fit_or_the_write_loses_nothing_and_the_next_run_succ
     assert sql(bi, fitted, [ONE_EXPERIMENT])["run_id"].to_list() == [report.run_id]
 
 
-def test_two_runs_at_once_with_one_prefect_home_take_turns(ops_run, tmp_path):
+def test_two_runs_at_once_with_one_prefect_home_take_turns(demo_run, tmp_path):
     """Started together on one warehouse and one PREFECT_HOME: both end by themselves, one after the other."""
-    path = copy_warehouse(ops_run[0], tmp_path / "wh")
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     # no API configured: each run starts its own temporary server on the one home's database
     env = without_configured_api({**CLI_ENV, "PREFECT_HOME": str(tmp_path / "one-prefect-home")})
     command = [EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS]
@@ -284,8 +273,8 @@ def test_two_runs_at_once_with_one_prefect_home_take_turns(ops_run, tmp_path):
     assert later["started_at"] >= earlier["finished_at"]  # the second waited for the first
 
 
-def test_a_run_that_cannot_wait_longer_says_another_run_holds_the_warehouse(ops_run, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path / "wh")
+def test_a_run_that_cannot_wait_longer_says_another_run_holds_the_warehouse(demo_run, tmp_path):
+    path = copy_one_experiment(demo_run[0], tmp_path / "wh")
     lock = path.with_name(f".{path.name}.run-lock")
     first = subprocess.Popen([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
@@ -304,8 +293,8 @@ def test_a_run_that_cannot_wait_longer_says_another_run_holds_the_warehouse(ops_
     assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'failed'")["n"][0] == 0
 
 
-def test_a_run_whose_prefect_api_cannot_start_is_recorded_as_failed(ops_run, tmp_path):
-    path = copy_warehouse(ops_run[0], tmp_path / "wh")
+def test_a_run_whose_prefect_api_cannot_start_is_recorded_as_failed(demo_run, tmp_path):
+    path = copy_warehouse(demo_run[0], tmp_path / "wh")
     unreachable = {**CLI_ENV, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}  # nothing listens there
     proc = subprocess.run([EXE, "run", "--warehouse", str(path), "--no-publish", *SMALL_ARGS], capture_output=True,
                           text=True, env=unreachable, timeout=300)
