@@ -146,6 +146,21 @@ def _read(path: Path, warn: bool = True):
         return None
 
 
+def _build_and_save(path: Path, spec: dict, build: Callable[[], tuple[Callable, tuple]]):
+    """Trace ``build()``'s function into an exported program and save it at ``path``."""
+    from jax import export
+
+    function, example_args = build()
+    exported = export.export(jax.jit(function))(*example_args)
+    try:
+        _write_atomically(path, exported.serialize())
+        # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
+        _write_atomically(path.with_suffix(".json"), json.dumps(spec, sort_keys=True, indent=1, default=str).encode())
+    except OSError as exc:  # a read-only cache folder costs time, not results
+        log.warning("could not save exported program %s: %s", path, exc)
+    return exported
+
+
 def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tuple]]) -> Program:
     """A compiled program for ``settings`` and inputs shaped like ``data``.
 
@@ -155,8 +170,6 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
     together with ``name`` and ``settings``: everything else about its inputs must
     follow from them. Another process building the same program is waited for.
     """
-    from jax import export
-
     spec = program_spec(name, settings, data)
     key = _digest(spec)
     if key in _loaded:
@@ -168,15 +181,7 @@ def load(name: str, settings: dict, data, build: Callable[[], tuple[Callable, tu
         with _building(path):
             exported = _read(path, warn=False)  # built by another process while this one waited
             if exported is None:
-                function, example_args = build()
-                exported = export.export(jax.jit(function))(*example_args)
-                try:
-                    _write_atomically(path, exported.serialize())
-                    # beside it, what it was built for (settings and shapes), for whoever wonders why a cache holds it
-                    _write_atomically(path.with_suffix(".json"),
-                                      json.dumps(spec, sort_keys=True, indent=1, default=str).encode())
-                except OSError as exc:  # a read-only cache folder costs time, not results
-                    log.warning("could not save exported program %s: %s", path, exc)
+                exported = _build_and_save(path, spec, build)
     arg_avals, _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
     program = Program(call=jax.jit(exported.call), arg_avals=tuple(arg_avals))
     _loaded[key] = program
