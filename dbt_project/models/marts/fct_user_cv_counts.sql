@@ -3,7 +3,8 @@
     users seen in more than one variant are excluded (see dq_assignment_conflicts).
     A conversion metric's count is 1 when the user had at least one event; a ratio
     metric also carries the user's denominator events. pre_cv_count: the metric's
-    events in the pre-period before first exposure, NULL for a user with no history. -#}
+    events in the pre-period before first exposure, NULL for a user with no history
+    (no event of any name there). -#}
 with
 
 first_exposures as (
@@ -25,15 +26,66 @@ metrics as (
 
 ),
 
-conversions as (
+{#- read three times below, computed once: the join of the event log with the first exposures -#}
+near_exposure as {{ materialized_cte() }} (
 
-    select * from {{ ref('int_user_conversions') }}
+    select * from {{ ref('int_user_events_near_exposure') }}
 
 ),
 
-pre_period as (
+{#- each event name a metric reads, and whether it is the metric's numerator (or only event) -#}
+metric_events as (
 
-    select * from {{ ref('int_user_pre_period') }}
+    select metric_id, event_name, 1 as is_numerator
+    from metrics
+
+    union all
+
+    select metric_id, denominator_event as event_name, 0 as is_numerator
+    from metrics
+    where metric_type = 'ratio'
+
+),
+
+{#- per experiment x metric x user: the metric's events in the window, and a ratio metric's denominator's -#}
+conversions as (
+
+    select
+        near_exposure.experiment_id,
+        metric_events.metric_id,
+        near_exposure.user_id,
+        sum(near_exposure.n_events * metric_events.is_numerator) as cv_count,
+        sum(near_exposure.n_events * (1 - metric_events.is_numerator)) as denominator_count
+    from near_exposure
+    inner join metric_events
+        on metric_events.event_name = near_exposure.event_name
+    where near_exposure.is_pre_period = 0
+    group by near_exposure.experiment_id, metric_events.metric_id, near_exposure.user_id
+
+),
+
+{#- a user has history when they had any event at all in the pre-period -#}
+users_with_history as (
+
+    select distinct experiment_id, user_id
+    from near_exposure
+    where is_pre_period = 1
+
+),
+
+{#- a metric's (a ratio metric's numerator's) events in the pre-period -#}
+pre_period_counts as (
+
+    select
+        near_exposure.experiment_id,
+        metrics.metric_id,
+        near_exposure.user_id,
+        sum(near_exposure.n_events) as pre_cv_count
+    from near_exposure
+    inner join metrics
+        on metrics.event_name = near_exposure.event_name
+    where near_exposure.is_pre_period = 1
+    group by near_exposure.experiment_id, metrics.metric_id, near_exposure.user_id
 
 ),
 
@@ -85,16 +137,22 @@ final as (
             case when user_metrics.metric_type = 'ratio' then coalesce(conversions.denominator_count, 0) end
             as {{ dbt.type_bigint() }}
         ) as denominator_count,
-        cast(pre_period.pre_cv_count as {{ dbt.type_bigint() }}) as pre_cv_count
+        cast(
+            case when users_with_history.user_id is not null then coalesce(pre_period_counts.pre_cv_count, 0) end
+            as {{ dbt.type_bigint() }}
+        ) as pre_cv_count
     from user_metrics
     left join conversions
         on conversions.experiment_id = user_metrics.experiment_id
        and conversions.metric_id = user_metrics.metric_id
        and conversions.user_id = user_metrics.user_id
-    left join pre_period
-        on pre_period.experiment_id = user_metrics.experiment_id
-       and pre_period.metric_id = user_metrics.metric_id
-       and pre_period.user_id = user_metrics.user_id
+    left join users_with_history
+        on users_with_history.experiment_id = user_metrics.experiment_id
+       and users_with_history.user_id = user_metrics.user_id
+    left join pre_period_counts
+        on pre_period_counts.experiment_id = user_metrics.experiment_id
+       and pre_period_counts.metric_id = user_metrics.metric_id
+       and pre_period_counts.user_id = user_metrics.user_id
 
 )
 
