@@ -26,7 +26,7 @@ metrics as (
 
 ),
 
-{#- read three times below, computed once: the join of the event log with the first exposures -#}
+{#- read twice below, computed once: the join of the event log with the first exposures -#}
 near_exposure as {{ materialized_cte() }} (
 
     select * from {{ ref('int_user_events_near_exposure') }}
@@ -47,19 +47,23 @@ metric_events as (
 
 ),
 
-{#- per experiment x metric x user: the metric's events in the window, and a ratio metric's denominator's -#}
-conversions as (
+{#- per experiment x metric x user: the metric's events (a ratio metric's numerator's) in the window and
+    in the pre-period, and a ratio metric's denominator's in the window -#}
+user_metric_events as (
 
     select
         near_exposure.experiment_id,
         metric_events.metric_id,
         near_exposure.user_id,
-        sum(near_exposure.n_events * metric_events.is_numerator) as cv_count,
-        sum(near_exposure.n_events * (1 - metric_events.is_numerator)) as denominator_count
+        sum(case when near_exposure.is_pre_period = 0 then near_exposure.n_events * metric_events.is_numerator else 0 end)
+            as cv_count,
+        sum(case when near_exposure.is_pre_period = 0 then near_exposure.n_events * (1 - metric_events.is_numerator) else 0 end)
+            as denominator_count,
+        sum(case when near_exposure.is_pre_period = 1 then near_exposure.n_events * metric_events.is_numerator else 0 end)
+            as pre_cv_count
     from near_exposure
     inner join metric_events
         on metric_events.event_name = near_exposure.event_name
-    where near_exposure.is_pre_period = 0
     group by near_exposure.experiment_id, metric_events.metric_id, near_exposure.user_id
 
 ),
@@ -70,22 +74,6 @@ users_with_history as (
     select distinct experiment_id, user_id
     from near_exposure
     where is_pre_period = 1
-
-),
-
-{#- a metric's (a ratio metric's numerator's) events in the pre-period -#}
-pre_period_counts as (
-
-    select
-        near_exposure.experiment_id,
-        metrics.metric_id,
-        near_exposure.user_id,
-        sum(near_exposure.n_events) as pre_cv_count
-    from near_exposure
-    inner join metrics
-        on metrics.event_name = near_exposure.event_name
-    where near_exposure.is_pre_period = 1
-    group by near_exposure.experiment_id, metrics.metric_id, near_exposure.user_id
 
 ),
 
@@ -124,8 +112,8 @@ final as (
         user_metrics.variant,
         cast(
             case
-                when user_metrics.metric_type = 'conversion' and conversions.cv_count > 0 then 1
-                else coalesce(conversions.cv_count, 0)
+                when user_metrics.metric_type = 'conversion' and user_metric_events.cv_count > 0 then 1
+                else coalesce(user_metric_events.cv_count, 0)
             end as {{ dbt.type_bigint() }}
         ) as cv_count,
         cast(
@@ -134,25 +122,21 @@ final as (
         ) as exposure_days,
         user_metrics.first_exposed_at,
         cast(
-            case when user_metrics.metric_type = 'ratio' then coalesce(conversions.denominator_count, 0) end
+            case when user_metrics.metric_type = 'ratio' then coalesce(user_metric_events.denominator_count, 0) end
             as {{ dbt.type_bigint() }}
         ) as denominator_count,
         cast(
-            case when users_with_history.user_id is not null then coalesce(pre_period_counts.pre_cv_count, 0) end
+            case when users_with_history.user_id is not null then coalesce(user_metric_events.pre_cv_count, 0) end
             as {{ dbt.type_bigint() }}
         ) as pre_cv_count
     from user_metrics
-    left join conversions
-        on conversions.experiment_id = user_metrics.experiment_id
-       and conversions.metric_id = user_metrics.metric_id
-       and conversions.user_id = user_metrics.user_id
+    left join user_metric_events
+        on user_metric_events.experiment_id = user_metrics.experiment_id
+       and user_metric_events.metric_id = user_metrics.metric_id
+       and user_metric_events.user_id = user_metrics.user_id
     left join users_with_history
         on users_with_history.experiment_id = user_metrics.experiment_id
        and users_with_history.user_id = user_metrics.user_id
-    left join pre_period_counts
-        on pre_period_counts.experiment_id = user_metrics.experiment_id
-       and pre_period_counts.metric_id = user_metrics.metric_id
-       and pre_period_counts.user_id = user_metrics.user_id
 
 )
 
