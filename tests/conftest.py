@@ -1,18 +1,30 @@
 """Shared fixtures. Sampler settings are small here; agreement tests ask for more."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+
+
+def _scratch(prefix: str) -> str:
+    """A temporary folder for this test process, removed when it exits (each run used to leave two)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
 
 # Prefect writes its database and settings under PREFECT_HOME: keep tests out of ~/.prefect. Each
 # pytest-xdist worker has its own (and its own API server, below).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"glmm-ab-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-prefect-"))
+    os.environ["PREFECT_HOME"] = _scratch(f"glmm-ab-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = _scratch("glmm-ab-prefect-")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: telemetry would log errors
 os.environ.setdefault("GLMM_AB_JAX_CACHE", os.path.join(tempfile.gettempdir(), "glmm-ab-test-jax-cache"))
-os.environ.setdefault("GLMM_AB_DBT_STATE", tempfile.mkdtemp(prefix="glmm-ab-dbt-state-"))
+if "GLMM_AB_DBT_STATE" not in os.environ:
+    os.environ["GLMM_AB_DBT_STATE"] = _scratch("glmm-ab-dbt-state-")
 
 import numpy as np
 import polars as pl
