@@ -1,6 +1,8 @@
-"""What the collapsed likelihood's first count tier costs, and what fewer nodes there would buy.
+"""What the collapsed likelihood's first count tier costs, what fewer nodes there would buy, and
+the loop's step size.
 
-    python tests/benchmarks/quadrature_nodes.py [--nodes 32,64,128] [--pairs 6] [--users 1000]
+    python tests/benchmarks/quadrature_nodes.py [--nodes 32,64,128] [--step-work 512,1024]
+                                                [--pairs 6] [--users 1000] [--rounds 1]
 
 The collapsed path integrates each cell's random intercept by adaptive Gauss-Hermite
 quadrature (:mod:`glmm_model.quadrature`), with a node count per count tier. Counts 0-2
@@ -17,6 +19,10 @@ so this tier is most of a gradient's arithmetic. Two tables:
    not see a patched constant). Per pair: the median of two timed fits after one that compiles.
    Also the largest change of the relative lift's median and of P(beat control) against the
    128-node fit (seeds are the same, so the difference is the rule's), and the largest draw of s.
+   The same, with 128 nodes, for each ``--step-work`` (the nodes x cells a loop step of the
+   likelihood computes, :data:`glmm_model.quadrature.STEP_WORK`: a tier's last step is padded to
+   it). ``--rounds`` runs every setting's process that many times, alternating; a pair's time is
+   the median over rounds.
 """
 from __future__ import annotations
 
@@ -52,11 +58,14 @@ def accuracy_table() -> list[str]:
     return lines
 
 
-def worker(nodes: int, n_pairs: int, users: int) -> None:
-    """Fit the pairs with the first tier at ``nodes`` nodes; one JSON line per pair."""
+def worker(nodes: int, step_work: int, n_pairs: int, users: int) -> None:
+    """Fit the pairs with the first tier at ``nodes`` nodes and loop steps of ``step_work``; one JSON
+    line per pair."""
     from glmm_model import quadrature as q
 
     q.COUNT_TIERS = ((q.COUNT_TIERS[0][0], nodes),) + q.COUNT_TIERS[1:]
+    q.STEP_WORK = step_work
+    q.MAX_STEP_CELLS = max(q.step_cells(n) for _, n in q.COUNT_TIERS)
     from fit_stage_runners import pairs
     from flows.options import RunOptions
     from glmm_model import configure, fit
@@ -78,33 +87,50 @@ def worker(nodes: int, n_pairs: int, users: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from glmm_model.quadrature import STEP_WORK
+
     parser.add_argument("--nodes", default="32,64,128")
+    parser.add_argument("--step-work", default=str(STEP_WORK))
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--worker", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.pairs, args.users)
+        worker(*args.worker, args.pairs, args.users)
         return
     print("\n".join(accuracy_table()), "\n", flush=True)
-    runs = {}
-    for nodes in sorted({int(n) for n in args.nodes.split(",")} | {128}, reverse=True):
-        env = {**os.environ, "GLMM_AB_JAX_CACHE": tempfile.mkdtemp(prefix=f"glmm-ab-nodes-{nodes}-")}
-        proc = subprocess.run([sys.executable, __file__, "--worker", str(nodes), "--pairs", str(args.pairs),
-                               "--users", str(args.users)], capture_output=True, text=True, env=env, check=True)
-        runs[nodes] = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    base = {r["pair"]: r for r in runs[128]}
-    base_median = statistics.median(r["seconds"] for r in runs[128])
-    print("| first-tier nodes | sampling s per pair, median | ratio to 128 | max abs change of lift median "
-          "| max abs change of P(beat control) | largest draw of s |")
-    print("|---|---|---|---|---|---|")
-    for nodes, rows in runs.items():
-        median = statistics.median(r["seconds"] for r in rows)
+    base_setting = (128, STEP_WORK)
+    settings = sorted({(int(n), STEP_WORK) for n in args.nodes.split(",")} | {base_setting}
+                      | {(128, int(w)) for w in args.step_work.split(",")}, reverse=True)
+    caches = {setting: tempfile.mkdtemp(prefix="glmm-ab-nodes-{}-{}-".format(*setting)) for setting in settings}
+    runs = {setting: [] for setting in settings}
+    for _ in range(args.rounds):
+        for setting in settings:
+            env = {**os.environ, "GLMM_AB_JAX_CACHE": caches[setting]}
+            proc = subprocess.run([sys.executable, __file__, "--worker", *map(str, setting), "--pairs", str(args.pairs),
+                                   "--users", str(args.users)], capture_output=True, text=True, env=env, check=True)
+            runs[setting] += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def per_pair(rows):  # each pair's median over rounds, then the median over pairs
+        by_pair = {}
+        for r in rows:
+            by_pair.setdefault(r["pair"], []).append(r["seconds"])
+        return statistics.median(statistics.median(times) for times in by_pair.values())
+
+    base = {r["pair"]: r for r in runs[base_setting]}
+    base_median = per_pair(runs[base_setting])
+    print(f"| first-tier nodes | STEP_WORK | sampling s per pair, median | ratio to 128 nodes, {STEP_WORK} "
+          "| max abs change of lift median | max abs change of P(beat control) | largest draw of s |")
+    print("|---|---|---|---|---|---|---|")
+    for (nodes, step_work), rows in runs.items():
+        median = per_pair(rows)
         d_lift = max(abs(r["lift"] - base[r["pair"]]["lift"]) for r in rows)
         d_prob = max(abs(r["prob"] - base[r["pair"]]["prob"]) for r in rows)
-        print(f"| {nodes} | {median:.2f} | {median / base_median:.2f} | {d_lift:.1e} | {d_prob:.1e} | "
+        print(f"| {nodes} | {step_work} | {median:.2f} | {median / base_median:.2f} | {d_lift:.1e} | {d_prob:.1e} | "
               f"{max(r['max_s'] for r in rows):.2f} |")
-    print(f"\n{args.pairs} pairs x {args.users} users, default sampler (4 chains x (500 + 2000)), refits off.")
+    print(f"\n{args.pairs} pairs x {args.users} users, default sampler (4 chains x (500 + 2000)), refits off, "
+          f"{args.rounds} round(s).")
 
 
 if __name__ == "__main__":
