@@ -8,8 +8,9 @@ nightly run: ``--warehouse``, else ``glmm-ab demo`` builds one in a temporary fo
 layout runs in its own process with an empty program cache, 2 chains x (200 + 300):
 
 * **loop** (what the sampler does, since 2026-12-01): the cells in one set of arrays of a
-  capacity (512 cells at least, else the next power of 2), ordered by the 5 count tiers of
-  ``quadrature.COUNT_TIERS`` (128/24/12/10/8 nodes); the likelihood walks each tier in steps of
+  capacity (512 cells at least, else the next power of 2), ordered by the count tiers of
+  ``quadrature.COUNT_TIERS`` (5 tiers of 128/24/12/10/8 nodes when this table was measured; 3 of
+  128/24/12 since 2026-12-02); the likelihood walks each tier in steps of
   a fixed number of cells inside a ``while`` loop whose length follows the data, so the program
   depends on the capacity only (:func:`glmm_model.quadrature.cells_log_likelihood`);
 * **tiers** (what the sampler did before; defined here): each tier's cells in arrays of their
