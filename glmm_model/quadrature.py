@@ -50,8 +50,8 @@ import scipy.special as sp
 # 12-node rule: two more tiers of 10 and 8 nodes saved little arithmetic (the few cells of high
 # counts) and cost two more loops of the sampler's likelihood, each padded to a whole step. Three
 # tiers instead of five (2026-12-02, alternating, three runs each): the sampler program built in
-# 8.0 s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, `glmm-ab fit`'s work on the
-# article's data 2.18-2.30 s instead of 2.45-2.50 s, sampling a 1M-user pair 1.86-1.99 s instead of
+# 8.0 s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, a process importing glmm_model
+# and fitting the article's data 2.18-2.30 s instead of 2.45-2.50 s, sampling a 1M-user pair 1.86-1.99 s instead of
 # 2.15-2.34 s.
 COUNT_TIERS = ((3, 128), (10, 24), (None, 12))
 DEFAULT_NODES = 16
