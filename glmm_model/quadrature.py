@@ -41,18 +41,17 @@ import numpy as np
 import jax.scipy.special as jsp
 import scipy.special as sp
 
-# Node counts by count tier, measured against scipy.integrate.quad over counts
-# 0..10,000, eta -5..8, s 0.05..3 (tests/test_quadrature.py). y = 0 with a large s
-# is the hard case (a prior tail cut by a soft step): 128 nodes keep it under 2e-7.
-# The integrand gets more Gaussian as the count grows, so fewer nodes do: worst
-# errors seen were 3e-7 (24 nodes, y >= 3), 6e-7 (12, y >= 10), 2e-7 (10, y >= 20)
-# and 6e-7 (8, y >= 50). Each tier is (first count above it, nodes). Counts from 10 up share the
+# Node counts by count tier, measured against scipy.integrate.quad over counts 0..10,000, eta -5..8,
+# s 0.05..3 (tests/test_quadrature.py). y = 0 with a large s is the hard case (a prior tail cut by a
+# soft step): 128 nodes keep it under 2e-7. The integrand gets more Gaussian as the count grows, so
+# fewer nodes do: worst errors seen were 3e-7 (24 nodes, y >= 3), 6e-7 (12, y >= 10), 2e-7 (10, y >=
+# 20) and 6e-7 (8, y >= 50). Each tier is (first count above it, nodes). Counts from 10 up share the
 # 12-node rule: two more tiers of 10 and 8 nodes saved little arithmetic (the few cells of high
 # counts) and cost two more loops of the sampler's likelihood, each padded to a whole step. Three
-# tiers instead of five (2026-12-02, alternating, three runs each): the sampler program built in
-# 8.0 s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, a process importing glmm_model
-# and fitting the article's data 2.18-2.30 s instead of 2.45-2.50 s, sampling a 1M-user pair 1.86-1.99 s instead of
-# 2.15-2.34 s.
+# tiers instead of five (2026-12-02, alternating, three runs each): the sampler program built in 8.0
+# s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, a process importing glmm_model
+# and fitting the article's data 2.18-2.30 s instead of 2.45-2.50 s, sampling a 1M-user pair
+# 1.86-1.99 s instead of 2.15-2.34 s.
 COUNT_TIERS = ((3, 128), (10, 24), (None, 12))
 DEFAULT_NODES = 16
 _NEWTON_STEPS = 8
