@@ -89,9 +89,9 @@ def test_every_raw_problem_is_named_with_its_rows(dirty):
     assert found[("e_ghost", "unknown_experiment")] == ("warning", 3)
     assert found[("e_conflict", "user_in_several_variants")] == ("warning", 2)
     assert found[("e_before", "events_before_exposure")] == ("warning", 120)
-    assert found[("e_one_arm", "single_arm")][0] == "error"
+    assert found[("e_one_arm", "single_arm")] == ("error", 20)  # n_rows: the experiment's distinct users
     assert found[("e_empty", "no_users")] == ("error", 0)
-    assert found[("e_no_control", "control_variant_missing")][0] == "error"
+    assert found[("e_no_control", "control_variant_missing")] == ("error", 120)
     assert found[("e_extreme", "extreme_user")] == ("warning", 1)
     # and nothing else was flagged: the clean experiments stay clean
     assert not {k for k in found if k[0] in ("e_stray_arm", "e_future", HOSTILE)}
