@@ -79,20 +79,22 @@ def batched(work, sampler: SamplerConfig) -> tuple[float, float, float, float]:
     """(compile seconds, sampling seconds, mean steps per draw, mean per-iteration max over the batch)."""
     import jax
 
-    from glmm_model import sampling
+    from glmm_model import adaptation, sampling
 
     data = model_inputs(work)
     leaves = [jax.tree.flatten(d)[0] for d in data]
     tree = jax.tree.flatten(data[0])[1]
     stacked = [np.stack(xs) for xs in zip(*leaves)]
     chunk, example = sampling._build_chunk("collapsed_model", tree, leaves[0], sampler, True, sampling.SUMMARY_SITES)
-    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)))
+    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, None, 0)))
+    warmup = list(adaptation.warmup_inputs(sampler.num_warmup, sampler.target_accept))
     n = len(work)
     state = [np.zeros((n,) + a.shape, a.dtype) for a in example[0]]
     total = sampler.num_warmup + sampler.num_samples
     steps, started = [], time.perf_counter()
     for i in range(math.ceil(total / sampling.CHUNK)):
-        state, out = program(state, np.bool_(i == 0), np.uint32(sampler.seed), np.arange(n, dtype=np.uint32), stacked)
+        state, out = program(state, np.bool_(i == 0), np.uint32(sampler.seed), np.arange(n, dtype=np.uint32), warmup,
+                             stacked)
         out = jax.device_get(out)
         if i == 0:  # the first chunk compiles: time the rest and scale to every chunk
             first_done = time.perf_counter()
