@@ -15,7 +15,9 @@ same lift rows.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,8 +27,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-bench-prefect-"))
+if "PREFECT_HOME" not in os.environ:  # a Prefect home of its own, removed when the benchmark exits
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="glmm-ab-bench-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 

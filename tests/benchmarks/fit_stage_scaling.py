@@ -24,7 +24,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,11 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="glmm-ab-bench-prefect-"))
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from fit_stage_runners import pairs  # noqa: E402
+from fit_stage_runners import pairs  # noqa: E402  (it sets Prefect's environment up first)
 from prefect import flow  # noqa: E402
 
 from flows.nightly import fit_pairs  # noqa: E402

@@ -103,14 +103,15 @@ def main() -> None:
     base_setting = (128, STEP_WORK)
     settings = sorted({(int(n), STEP_WORK) for n in args.nodes.split(",")} | {base_setting}
                       | {(128, int(w)) for w in args.step_work.split(",")}, reverse=True)
-    caches = {setting: tempfile.mkdtemp(prefix="glmm-ab-nodes-{}-{}-".format(*setting)) for setting in settings}
     runs = {setting: [] for setting in settings}
-    for _ in range(args.rounds):
-        for setting in settings:
-            env = {**os.environ, "GLMM_AB_JAX_CACHE": caches[setting]}
-            proc = subprocess.run([sys.executable, __file__, "--worker", *map(str, setting), "--pairs", str(args.pairs),
-                                   "--users", str(args.users)], capture_output=True, text=True, env=env, check=True)
-            runs[setting] += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryDirectory(prefix="glmm-ab-nodes-") as tmp:  # each setting's program cache
+        for _ in range(args.rounds):
+            for setting in settings:
+                env = {**os.environ, "GLMM_AB_JAX_CACHE": os.path.join(tmp, "{}-{}".format(*setting))}
+                proc = subprocess.run([sys.executable, __file__, "--worker", *map(str, setting), "--pairs",
+                                       str(args.pairs), "--users", str(args.users)],
+                                      capture_output=True, text=True, env=env, check=True)
+                runs[setting] += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
     def per_pair(rows):  # each pair's median over rounds, then the median over pairs
         by_pair = {}
