@@ -28,9 +28,10 @@ seconds), with no cells (the sampler alone), the tiers layout and the loop.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
-import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 LAYOUTS = ("loop", "tiers", "loop_two_tiers", "flat")
 SAMPLER = {"num_chains": 2, "num_warmup": 200, "num_samples": 300}
+
+
+def scratch(prefix: str) -> str:
+    """An empty program cache for this process, removed when it exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _cpu() -> float:
@@ -211,7 +219,7 @@ def one_layout(layout: str, warehouse: str) -> dict:
     """Fit the pairs on ``layout`` in this process (its cache empty); returns the row."""
     from glmm_model import configure
 
-    cache = tempfile.mkdtemp(prefix=f"glmm-ab-layout-{layout}-")
+    cache = scratch(f"glmm-ab-layout-{layout}-")
     configure(cache)
     from glmm_model import quadrature, sampling
 
@@ -236,7 +244,7 @@ def one_layout(layout: str, warehouse: str) -> dict:
             fit_once()
             times.append(time.perf_counter() - started)
         warm += min(times)
-    programs = len(os.listdir(Path(cache) / "programs"))
+    programs = len(list((Path(cache) / "programs").glob("*.jax")))  # beside each: its .json and .lock
     return {"layout": layout, "programs": programs, "first": first, "warm": warm}
 
 
@@ -249,7 +257,7 @@ def build_breakdown(warehouse: str, layout: str) -> dict:
 
     from glmm_model import configure
 
-    configure(tempfile.mkdtemp(prefix="glmm-ab-layout-breakdown-"))
+    configure(scratch("glmm-ab-layout-breakdown-"))
     jax.config.update("jax_enable_compilation_cache", False)
     from glmm_model import sampling
     from glmm_model.model_inputs import cells, prior_arrays
