@@ -13,9 +13,10 @@ refits off; pairs as in ``fit_stage_runners.py``, ``--users`` users each):
    post-processing, so it flatters the batch). Also the mean leapfrog steps per draw of a chain
    against the mean, over iterations, of the most steps any chain of the batch took: a vectorised
    ``while`` runs until its longest member is done, so the batch pays the second number.
-3. **The arithmetic floor**: one gradient of the collapsed log density, vectorised over 64
-   points, per point; times the draws, chains and mean leapfrog steps of a fit, it is the CPU time
-   one fit's sampling needs however it is batched.
+3. **The vectorised gradient**: one gradient of the collapsed log density, vectorised over 64
+   points, per point; times the draws, chains and mean leapfrog steps of a fit, the CPU time of a
+   fit's gradients at that rate (a point alone costs less: under ``vmap`` the likelihood's loop
+   over cells runs until every point's tiers are done).
 """
 from __future__ import annotations
 
@@ -160,7 +161,9 @@ def main() -> None:
     iterations = sampler.num_chains * (sampler.num_warmup + sampler.num_samples)
     print(f"\nOne gradient of the collapsed log density ({args.users:,} users, vectorised over 64 points): "
           f"{floor * 1e6:.1f} us per point. A fit runs {iterations:,} NUTS iterations; at {mean_steps:.1f} leapfrog steps "
-          f"per draw that is {floor * iterations * mean_steps:.2f} CPU seconds of gradients per pair, whatever the batching. "
+          f"per draw that is {floor * iterations * mean_steps:.2f} CPU seconds of gradients per pair at this vectorised "
+          "rate (under vmap the likelihood's loop over cells runs until every point's tiers are done, so one point "
+          "alone costs less). "
           f"{os.cpu_count()} cores.")
 
 
