@@ -122,7 +122,7 @@ def conversion_cells(data: ExperimentData) -> ConversionCells:
 
 
 # The cell arrays' capacity: at least MIN_CAPACITY cells, else the next power of 2, plus one loop
-# step's slack (:data:`.quadrature.MAX_STEP_CELLS`) so that a step never reads past the end. The
+# step's slack (:func:`.quadrature.max_step_cells`) so that a step never reads past the end. The
 # sampler's program depends on the capacity only: with the floor one program serves every experiment
 # of up to 512 cells of a family (model, arms, covariate): the demo's 9 count and ratio pairs need 3
 # programs where cells padded tier by tier needed 9 (tests/benchmarks/program_layouts.py).
@@ -140,7 +140,7 @@ def _padded_size(n: int, floor: int = 1) -> int:
 
 def cell_capacity(n_cells: int) -> int:
     """The padded length of the cell arrays for ``n_cells`` cells (see MIN_CAPACITY)."""
-    return max(MIN_CAPACITY, 1 << (max(int(n_cells), 1) - 1).bit_length()) + q.MAX_STEP_CELLS
+    return max(MIN_CAPACITY, 1 << (max(int(n_cells), 1) - 1).bit_length()) + q.max_step_cells()
 
 
 def per_cell(data: ExperimentData, values: np.ndarray, dtype, fill=0) -> np.ndarray:

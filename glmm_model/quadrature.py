@@ -218,7 +218,9 @@ def step_cells(nodes: int) -> int:
     return 1 << max(0, int(np.floor(np.log2(STEP_WORK / nodes))))
 
 
-MAX_STEP_CELLS = max(step_cells(nodes) for _, nodes in COUNT_TIERS)
+def max_step_cells() -> int:
+    """The most cells any tier's loop step reads: the slack the cell arrays carry past their end."""
+    return max(step_cells(nodes) for _, nodes in COUNT_TIERS)
 
 
 def cell_order(y) -> tuple[np.ndarray, np.ndarray]:

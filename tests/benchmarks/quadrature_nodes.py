@@ -65,7 +65,6 @@ def worker(nodes: int, step_work: int, n_pairs: int, users: int) -> None:
 
     q.COUNT_TIERS = ((q.COUNT_TIERS[0][0], nodes),) + q.COUNT_TIERS[1:]
     q.STEP_WORK = step_work
-    q.MAX_STEP_CELLS = max(q.step_cells(n) for _, n in q.COUNT_TIERS)
     from fit_stage_runners import pairs
     from flows.options import RunOptions
     from glmm_model import configure, fit
