@@ -114,10 +114,11 @@ def prepare_warehouse(warehouse: Warehouse) -> None:
 
 @task(retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=_is_busy, cache_policy=NO_CACHE,
       task_run_name="dbt-build-{step}")
-def dbt_build(warehouse: Warehouse, step: str, as_of: datetime) -> int:
+def dbt_build(warehouse: Warehouse, step: str, as_of: datetime, full_refresh: bool = False) -> int:
     selector = {"pipeline": PIPELINE_SELECTOR, "reports": REPORTS_SELECTOR}[step]
+    flags = NIGHTLY_DBT_FLAGS + (["--full-refresh"] if full_refresh else [])
     try:
-        result = run_dbt("build", warehouse, selector, as_of.isoformat(sep=" "), extra=NIGHTLY_DBT_FLAGS)
+        result = run_dbt("build", warehouse, selector, as_of.isoformat(sep=" "), extra=flags)
     except DbtError as exc:
         if warehouse.is_busy(exc):
             raise WarehouseBusy(str(exc)) from exc
@@ -316,7 +317,7 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
         with recorded_failure(wh, run, report, "before fitting"):
             with report.stage("dbt"):
                 prepare_warehouse(wh)
-                passed = dbt_build(wh, "pipeline", run.as_of)
+                passed = dbt_build(wh, "pipeline", run.as_of, options.full_refresh)
             logger.info("run %s: dbt built the pipeline models, %d nodes passed", run.run_id, passed)
             with report.stage("load"):
                 pairs = load_histograms(wh, options.use_exposure)

@@ -66,6 +66,10 @@ class RunOptions:
         "--publish-per-user", action="store_true",
         help="also copy the per-user table fct_user_cv_counts to the BI copy (one row per experiment x metric x "
              "user: the largest table by far; BI reads the histogram and the reports)"))
+    full_refresh: bool = field(default=False, metadata=_flag(
+        "--full-refresh", action="store_true",
+        help="recount every user from the whole raw log (dbt's --full-refresh of the incremental per-user counts): "
+             "after raw rows landed later than var('late_data_lookback_days') or were corrected or deleted"))
     task_runner: str = field(default="sequential", metadata=_flag(
         "--task-runner", metavar="sequential|dask|dask://HOST:PORT",
         help="where the fits run: in this process one after another (default), on a Dask cluster started for the "

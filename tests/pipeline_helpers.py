@@ -58,9 +58,12 @@ def keep_one_experiment(path: Path, experiment_id: str = ONE_EXPERIMENT) -> Path
     """Delete every other experiment's users from a demo warehouse's raw logs (their exposures, events and
     segments; the kept users' own platforms stay; raw.experiments stays whole): a run then fits that
     experiment's 4 pairs, not the demo's 16.
-    For the tests of how runs behave (locks, reruns, backfill, runners, publishing), not of what they find."""
+    For the tests of how runs behave (locks, reruns, backfill, runners, publishing), not of what they find.
+    Rewriting raw history so far back is what the incremental per-user counts do not follow (a user needs
+    ``--full-refresh``): their table goes too, so the next run counts from scratch."""
     con = duckdb.connect(str(path))
     try:
+        con.execute("DROP TABLE IF EXISTS main.int_user_metric_counts")
         con.execute("DELETE FROM raw.assignments WHERE experiment_id <> ?", [experiment_id])
         # a segment row of another experiment, or a user-level one (no experiment) of a user not kept
         con.execute("DELETE FROM raw.user_segments WHERE experiment_id <> ? OR (experiment_id IS NULL AND "

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 import pytest
 
 from flows.warehouse import duckdb_warehouse as wh
+from flows.warehouse import open_warehouse
 from glmm_model.schema import SCHEMAS
 from pipeline_helpers import (EXE, ONE_EXPERIMENT, small, copy_one_experiment, copy_warehouse, free_port, sql,
                               without_configured_api)
@@ -104,6 +105,13 @@ def test_a_locked_warehouse_is_retried_with_backoff_then_fails_clearly(demo_run,
     assert sql(path, "SELECT count(*) AS n FROM glmm.runs WHERE status = 'succeeded'")["n"][0] == 2
 
 
+def test_only_a_lock_error_counts_as_a_busy_warehouse(tmp_path):
+    warehouse = open_warehouse(tmp_path / "w.duckdb")
+    assert warehouse.is_busy(RuntimeError('IO Error: Could not set lock on file "w.duckdb": Conflicting lock is held'))
+    # a dbt compilation error is not retried as if another run held the file
+    assert not warehouse.is_busy(RuntimeError("This typically happens when ref() is placed within a conditional block."))
+
+
 def wait_for(check, timeout: float, what: str, *processes):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,6 +197,7 @@ import sys
 from datetime import datetime
 import polars as pl
 from flows.warehouse import duckdb_warehouse as wh
+from flows.warehouse import open_warehouse
 from flows.warehouse import RunRecord
 from glmm_model.schema import SCHEMAS
 

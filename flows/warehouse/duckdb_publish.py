@@ -34,7 +34,8 @@ STORAGE_VERSION = "v1.0.0"
 PUBLISHED_PREFIXES = ("fct_", "dq_", "rpt_")
 UNPUBLISHED = ("publications",)  # glmm.* bookkeeping that stays in the warehouse
 # One row per experiment x metric x user: by far the largest table (20M rows on a 10 x 2 x 1M night) and
-# not what BI reads (the histogram and the reports are); copied only when asked (--publish-per-user).
+# not what BI reads (the histogram and the reports are); copied only when asked (--publish-per-user). In
+# the warehouse it is a view (over the incremental int_user_metric_counts); the copy is a table.
 PER_USER = ("fct_user_cv_counts",)
 
 
@@ -63,12 +64,12 @@ def published_tables(con, catalog: str, per_user: bool = False) -> list[tuple[st
     rows = con.execute(
         """
         SELECT table_schema, table_name FROM information_schema.tables
-        WHERE table_catalog = ? AND table_type = 'BASE TABLE'
+        WHERE table_catalog = ? AND (table_type = 'BASE TABLE' OR (table_schema = 'main' AND table_name IN (""" + ", ".join("?" for _ in PER_USER) + """)))
           AND ((table_schema = 'glmm' AND table_name NOT IN (""" + ", ".join("?" for _ in UNPUBLISHED) + """))
                OR (table_schema = 'main' AND (""" + " OR ".join("starts_with(table_name, ?)" for _ in PUBLISHED_PREFIXES) + """)))
         ORDER BY table_schema, table_name
         """,
-        [catalog, *UNPUBLISHED, *PUBLISHED_PREFIXES],
+        [catalog, *PER_USER, *UNPUBLISHED, *PUBLISHED_PREFIXES],
     ).fetchall()
     return [(schema, table) for schema, table in rows if per_user or not is_per_user(schema, table)]
 
@@ -105,29 +106,32 @@ def publish(warehouse: str | Path, run_id: str, bi_path: str | Path | None = Non
     try:
         con = duckdb.connect()
         try:
-            con.execute(f"ATTACH {_literal(str(warehouse))} AS wh (READ_ONLY)")
-            con.execute(f"ATTACH {_literal(str(tmp))} AS bi (STORAGE_VERSION {_literal(STORAGE_VERSION)})")
-            tables = published_tables(con, "wh", per_user)
+            # under the catalog name its views use (dbt-duckdb names it after the file: fct_user_cv_counts is one)
+            wh = _ident(warehouse.stem)
+            bi = "bi" if warehouse.stem != "bi" else "bi_copy"
+            con.execute(f"ATTACH {_literal(str(warehouse))} AS {wh} (READ_ONLY)")
+            con.execute(f"ATTACH {_literal(str(tmp))} AS {bi} (STORAGE_VERSION {_literal(STORAGE_VERSION)})")
+            tables = published_tables(con, warehouse.stem, per_user)
             if not tables:
                 raise PublishError(f"{warehouse} has no result tables to publish")
             con.execute("BEGIN TRANSACTION")
             for schema, table in tables:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS bi.{_ident(schema)}")
-                con.execute(f"CREATE TABLE bi.{_ident(schema)}.{_ident(table)} AS "
-                            f"SELECT * FROM wh.{_ident(schema)}.{_ident(table)}")
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {bi}.{_ident(schema)}")
+                con.execute(f"CREATE TABLE {bi}.{_ident(schema)}.{_ident(table)} AS "
+                            f"SELECT * FROM {wh}.{_ident(schema)}.{_ident(table)}")
                 publication.rows[f"{schema}.{table}"] = con.execute(
-                    f"SELECT count(*) FROM bi.{_ident(schema)}.{_ident(table)}").fetchone()[0]
-            con.execute("CREATE TABLE bi.main.bi_publication (run_id VARCHAR NOT NULL, published_at TIMESTAMP NOT NULL, "
+                    f"SELECT count(*) FROM {bi}.{_ident(schema)}.{_ident(table)}").fetchone()[0]
+            con.execute(f"CREATE TABLE {bi}.main.bi_publication (run_id VARCHAR NOT NULL, published_at TIMESTAMP NOT NULL, "
                         "source_warehouse VARCHAR NOT NULL, tables VARCHAR[] NOT NULL)")
-            con.execute("INSERT INTO bi.main.bi_publication VALUES (?, ?, ?, ?)",
+            con.execute(f"INSERT INTO {bi}.main.bi_publication VALUES (?, ?, ?, ?)",
                         [run_id, published_at, source or str(warehouse.resolve()), list(publication.rows)])
             con.execute("COMMIT")
             if parquet_dir is not None:
                 for schema, table in [*tables, ("main", "bi_publication")]:
                     (staging / schema).mkdir(parents=True, exist_ok=True)
                     target = staging / schema / f"{table}.parquet"
-                    con.execute(f"COPY bi.{_ident(schema)}.{_ident(table)} TO {_literal(str(target))} (FORMAT parquet)")
-            con.execute("DETACH bi")
+                    con.execute(f"COPY {bi}.{_ident(schema)}.{_ident(table)} TO {_literal(str(target))} (FORMAT parquet)")
+            con.execute(f"DETACH {bi}")
         finally:
             con.close()
         with open(tmp, "rb") as handle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ def lock_timeout() -> float:
 
 
 def _is_lock_error(exc: Exception) -> bool:
-    return "lock" in str(exc).lower()
+    """DuckDB's 'Could not set lock on file ...: Conflicting lock is held': the word, not the letters
+    (dbt's "placed within a conditional block" is no reason to wait and retry)."""
+    return re.search(r"\block\b", str(exc), re.IGNORECASE) is not None
 
 
 def open_with_retry(path: Path, read_only: bool, timeout: float | None = None):

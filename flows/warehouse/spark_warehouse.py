@@ -316,7 +316,8 @@ class SparkWarehouse:
 
         catalog = self.session().catalog
         names = [("main", t.name) for t in catalog.listTables("main")
-                 if t.name.startswith(PUBLISHED_PREFIXES) and t.tableType != "VIEW"
+                 if t.name.startswith(PUBLISHED_PREFIXES)
+                 and (t.tableType != "VIEW" or is_per_user("main", t.name))
                  and (per_user or not is_per_user("main", t.name))]
         names += [(RESULT_SCHEMA, t.name) for t in catalog.listTables(RESULT_SCHEMA) if t.name not in UNPUBLISHED]
 

@@ -10,6 +10,11 @@ fresh process as a user runs it, and prints the flow's per-stage breakdown and
 the wall time of both. The first run may trace and compile sampler programs for
 shapes it has not seen (an empty cache: the first night); the second is every
 night after. ``--keep PATH --reuse`` uses a warehouse already built there.
+``--new-day`` (DuckDB) then lands one more day of raw rows (the events of 2026-10-15, the busiest
+day, again on 2026-11-01 under new event ids, and 2026-10-14's exposures again on 2026-11-01 as
+new users) and times the night of 2026-11-02 twice: incremental (int_user_metric_counts recounts
+the users those rows touch) and with ``--full-refresh`` (every user recounted), then checks that
+the marts of the two are identical, row for row.
 ``--engines duckdb,spark`` also lands the same raw tables in a Spark warehouse
 (``glmm-ab load-raw``, timed on its own) and runs the same nights on Spark local
 mode, side by side (needs the spark extra and a JDK). ``--nights 1`` times one night per
@@ -58,6 +63,29 @@ CREATE TABLE raw.events AS
 """
 
 
+NEW_DAY_EVENTS = "2026-10-15's events again on 2026-11-01 (new event ids, the same users)"
+NEW_DAY_EXPOSURES = "2026-10-14's exposures again on 2026-11-01 (new users)"
+NEW_DAY_SQL = """
+INSERT INTO raw.events SELECT 'day2_' || event_id, user_id, event_name, event_at + INTERVAL 17 DAY FROM raw.events
+    WHERE event_at >= TIMESTAMP '2026-10-15' AND event_at < TIMESTAMP '2026-10-16';
+INSERT INTO raw.assignments SELECT experiment_id, 'day2_' || user_id, variant, assigned_at + INTERVAL 18 DAY
+    FROM raw.assignments WHERE assigned_at >= TIMESTAMP '2026-10-14' AND assigned_at < TIMESTAMP '2026-10-15';
+"""
+MARTS = ("fct_user_cv_counts", "fct_cv_count_histogram", "fct_segment_histogram", "dq_assignment_conflicts",
+         "dq_data_issues")
+
+
+def timed_run(engine: str, location: list[str], as_of: str, *flags: str):
+    """``glmm-ab run`` in a fresh process: its stage seconds (from its output) and wall time."""
+    started = time.perf_counter()
+    out = subprocess.run([str(BIN / "glmm-ab"), "run", *location, "--as-of", as_of, *flags], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if out.returncode != 0:
+        sys.exit(f"glmm-ab run on {engine} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
+    return (stages, wall), out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -66,6 +94,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="with --keep: use the warehouse already there")
     parser.add_argument("--engines", default="duckdb", help="duckdb, spark or duckdb,spark")
     parser.add_argument("--nights", type=int, default=2, help="nights timed per engine")
+    parser.add_argument("--new-day", action="store_true",
+                        help="then one more day of raw rows: its night incremental and with --full-refresh (DuckDB)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "bench.duckdb"
@@ -95,16 +125,28 @@ def main() -> None:
         runs = {}
         for engine in engines:
             for night in range(args.nights):
-                started = time.perf_counter()
-                out = subprocess.run([str(BIN / "glmm-ab"), "run", *locations[engine], "--as-of",
-                                      "2026-11-01T00:00:00"], capture_output=True, text=True)
-                wall = time.perf_counter() - started
-                if out.returncode != 0:
-                    sys.exit(f"glmm-ab run on {engine} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-                stages = dict(re.findall(r"(\w+) ([\d.]+)s", out.stdout.split("seconds per stage:")[-1]))
-                runs[engine, night] = (stages, wall)
+                runs[engine, f"night {night + 1}"], out = timed_run(engine, locations[engine], "2026-11-01T00:00:00")
+        if args.new_day:
+            with duckdb.connect(str(path)) as con:
+                con.execute(NEW_DAY_SQL)
+            runs["duckdb", "new day, incremental"], out = timed_run("duckdb", locations["duckdb"], "2026-11-02T00:00:00")
+            with duckdb.connect(str(path)) as con:  # the incremental night's marts, kept aside (not timed)
+                con.execute("CREATE OR REPLACE SCHEMA incremental_night")
+                for mart in MARTS:
+                    con.execute(f"CREATE TABLE incremental_night.{mart} AS FROM main.{mart}")
+                recounted, users = con.execute(
+                    "SELECT count(DISTINCT (experiment_id, user_id)) FILTER (WHERE counted_until = TIMESTAMP '2026-11-02'), "
+                    "count(DISTINCT (experiment_id, user_id)) FROM main.int_user_metric_counts").fetchone()
+            runs["duckdb", "new day, --full-refresh"], out = timed_run("duckdb", locations["duckdb"], "2026-11-02T00:00:00",
+                                                                     "--full-refresh")
+            with duckdb.connect(str(path)) as con:
+                differing = {mart: con.execute(
+                    f"SELECT (SELECT count(*) FROM (FROM incremental_night.{mart} EXCEPT ALL FROM main.{mart}))"
+                    f" + (SELECT count(*) FROM (FROM main.{mart} EXCEPT ALL FROM incremental_night.{mart}))").fetchone()[0]
+                    for mart in MARTS}
+                con.execute("DROP SCHEMA incremental_night CASCADE")
     columns = list(runs)
-    print("| stage | " + " | ".join(f"{e} night {n + 1} (s)" for e, n in columns) + " |")
+    print("| stage | " + " | ".join(f"{e} {n} (s)" for e, n in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for k in runs[columns[0]][0]:
         print(f"| {k} | " + " | ".join(f"{float(runs[c][0].get(k, 'nan')):.1f}" for c in columns) + " |")
@@ -114,6 +156,11 @@ def main() -> None:
           f"{n_events:,} events; default sampler (4 chains x (500 + 2000)); pairs fitted: "
           f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows."
           + (f" Landing the raw tables in Spark (glmm-ab load-raw from the DuckDB file): {loaded:.0f} s." if loaded else ""))
+    if args.new_day:
+        print(f"\nThe new day: {NEW_DAY_EVENTS} and {NEW_DAY_EXPOSURES}; the incremental night recounted "
+              f"{recounted:,} of {users:,} experiment x user pairs. Marts of the incremental night that differ from "
+              f"the full refresh's (rows, both ways): " + ", ".join(f"{m} {n}" for m, n in differing.items())
+              + ("" if not any(differing.values()) else "  <-- NOT EQUAL"))
 
 
 if __name__ == "__main__":

@@ -17,31 +17,9 @@ events as (
 
 ),
 
-near_exposure as (
-
-    select
-        first_exposures.experiment_id,
-        first_exposures.user_id,
-        events.event_name,
-        case when events.event_at < first_exposures.first_exposed_at then 1 else 0 end as is_pre_period
-    from first_exposures
-    inner join events
-        on events.user_id = first_exposures.user_id
-       and events.event_at >= {{ dbt.dateadd('day', -1 * var('pre_period_days'), 'first_exposures.first_exposed_at') }}
-       and events.event_at < first_exposures.window_end
-
-),
-
 counted as (
 
-    select
-        experiment_id,
-        user_id,
-        event_name,
-        is_pre_period,
-        count(*) as n_events
-    from near_exposure
-    group by experiment_id, user_id, event_name, is_pre_period
+    {{ events_near_exposure('first_exposures', 'events') }}
 
 )
 
