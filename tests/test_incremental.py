@@ -95,7 +95,7 @@ def two_nights(tmp_path_factory):
                 SELECT min(e.event_id) FROM raw.events e
                 JOIN raw.assignments a ON a.user_id = e.user_id AND a.experiment_id = 'onboarding_flow'
                 WHERE e.event_at < TIMESTAMP '{NIGHT_1}' - INTERVAL 5 DAY
-                  AND e.user_id NOT IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '2026-11-22'))""")
+                  AND e.user_id NOT IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '{NIGHT_1}' - INTERVAL 3 DAY))""")
     build(path, NIGHT_2)
     return path, night_1
 
@@ -104,14 +104,15 @@ def test_a_night_recounts_only_the_users_new_rows_touch_and_equals_a_full_rebuil
     path, night_1 = two_nights
     recounted = sql(path, f"""SELECT DISTINCT experiment_id, user_id FROM int_user_metric_counts
                               WHERE counted_until = TIMESTAMP '{NIGHT_2}' ORDER BY ALL""")
-    # the running experiments' users with an exposure stamped in the look-back (3 days) or later, or an event
-    # stamped in the earliest look-back of any experiment (checkout_button's, which ended on 2026-11-25)
+    # the running experiments' users with an exposure or an event stamped in the look-back (3 days before
+    # night 1's as-of) or later
     touched = sql(path, f"""
         SELECT DISTINCT a.experiment_id, a.user_id
         FROM raw.assignments a JOIN raw.experiments x USING (experiment_id)
         WHERE x.end_at IS NULL AND a.assigned_at >= x.start_at AND a.assigned_at < TIMESTAMP '{NIGHT_2}'
           AND (a.assigned_at >= TIMESTAMP '{NIGHT_1}' - INTERVAL 3 DAY
-               OR a.user_id IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '2026-11-22'))
+               OR a.user_id IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '{NIGHT_1}' - INTERVAL 3 DAY
+                                AND event_at < TIMESTAMP '{NIGHT_2}'))
         ORDER BY ALL""")
     assert recounted.equals(touched)
     kept = sql(path, f"SELECT count(*) AS n FROM int_user_metric_counts WHERE counted_until = TIMESTAMP '{NIGHT_1}'")
@@ -122,7 +123,8 @@ def test_a_night_recounts_only_the_users_new_rows_touch_and_equals_a_full_rebuil
     assert differences(path, rebuilt_from_scratch(path, tmp_path / "rebuilt", NIGHT_2)) == dict.fromkeys(MARTS, 0)
 
 
-def test_an_earlier_as_of_and_a_changed_definition_recount_the_experiments_they_touch(two_nights, tmp_path):
+def test_an_earlier_as_of_a_changed_definition_and_an_extended_end_recount_the_experiments_they_touch(
+        two_nights, tmp_path):
     path, _ = two_nights
     path = copy_warehouse(path, tmp_path / "nights")
     build(path, NIGHT_1)  # a backfill: the running experiments' windows end earlier than what was counted
@@ -131,6 +133,19 @@ def test_an_earlier_as_of_and_a_changed_definition_recount_the_experiments_they_
         con.execute("UPDATE raw.experiments SET start_at = start_at + INTERVAL 1 DAY WHERE experiment_id = 'pricing_copy'")
     build(path, NIGHT_2)
     assert differences(path, rebuilt_from_scratch(path, tmp_path / "changed", NIGHT_2)) == dict.fromkeys(MARTS, 0)
+    later = NIGHT_2 + timedelta(days=9)
+    build(path, later)
+    # checkout_button ended on 2026-11-25, before this night's look-back; extended, its window grows by
+    # days nobody looked at since: it is recounted whole
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE raw.experiments SET end_at = TIMESTAMP '2026-12-01' WHERE experiment_id = 'checkout_button'")
+    build(path, later)
+    assert differences(path, rebuilt_from_scratch(path, tmp_path / "extended", later)) == dict.fromkeys(MARTS, 0)
+    # a metric added changes every experiment's definition: the night counts everyone again, as a full build
+    with duckdb.connect(str(path)) as con:
+        con.execute("INSERT INTO raw.metrics (metric_id, event_name) VALUES ('carts', 'add_to_cart')")
+    build(path, later)
+    assert differences(path, rebuilt_from_scratch(path, tmp_path / "metric", later)) == dict.fromkeys(MARTS, 0)
 
 
 def test_a_correction_older_than_the_look_back_needs_a_full_refresh(two_nights, tmp_path):
@@ -145,8 +160,8 @@ def test_a_correction_older_than_the_look_back_needs_a_full_refresh(two_nights, 
                  AND f.experiment_id = 'onboarding_flow' AND f.first_exposed_at <= e.event_at
             WHERE e.event_at < TIMESTAMP '{NIGHT_1}' - INTERVAL 5 DAY
               AND e.event_id IN (SELECT event_id FROM raw.events GROUP BY event_id HAVING count(*) = 1)
-              AND e.user_id NOT IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '2026-11-22')
-              AND e.user_id NOT IN (SELECT user_id FROM raw.assignments WHERE assigned_at >= TIMESTAMP '2026-11-22'))""")
+              AND e.user_id NOT IN (SELECT user_id FROM raw.events WHERE event_at >= TIMESTAMP '{NIGHT_1}' - INTERVAL 3 DAY)
+              AND e.user_id NOT IN (SELECT user_id FROM raw.assignments WHERE assigned_at >= TIMESTAMP '{NIGHT_1}' - INTERVAL 3 DAY))""")
         assert deleted.fetchone()[0] == 1
     build(path, NIGHT_2)  # the night does not look that far back: the user keeps the event
     assert differences(path, rebuilt_from_scratch(path, tmp_path / "stale", NIGHT_2))["fct_user_cv_counts"] > 0

@@ -94,27 +94,53 @@
     ) as metric_definitions
 {%- endmacro %}
 
-{#- int_user_metric_counts' pre-hook, inside the transaction of its incremental night: the rows of an
-    experiment that must be recounted from scratch (gone from raw.experiments, its fingerprint
-    changed, or its window now ends before what was counted: an earlier as-of). The model then finds
-    no rows of it and counts every user of it again. -#}
+{#- int_user_metric_counts' look-back start: the last night's as-of (the latest window end it counted
+    to) minus var('late_data_lookback_days'). A raw row stamped since then is looked at. -#}
+{% macro lookback_start() -%}
+    select {{ dbt.dateadd('day', -1 * var('late_data_lookback_days'), 'max(counted_until)') }} from {{ this }}
+{%- endmacro %}
+
+{#- The experiments int_user_metric_counts holds that must be recounted from scratch: gone from
+    raw.experiments, their fingerprint changed, their window now ends before what was counted (an
+    earlier as-of), or it grew from a time before the look-back start (an ended experiment extended:
+    no one looked at the rows in between). A select of experiment_id. -#}
+{% macro experiments_to_recount() -%}
+    select counted.experiment_id
+    from (
+        select experiment_id, max(counted_until) as counted_until, min(fingerprint) as fingerprint,
+               max(fingerprint) as last_fingerprint
+        from {{ this }}
+        group by experiment_id
+    ) as counted
+    left join ({{ experiment_count_fingerprints() }}) as current_experiments
+        on current_experiments.experiment_id = counted.experiment_id
+    where current_experiments.experiment_id is null
+       or current_experiments.fingerprint <> counted.fingerprint
+       or current_experiments.fingerprint <> counted.last_fingerprint
+       or current_experiments.window_end < counted.counted_until
+       or (current_experiments.window_end > counted.counted_until
+           and counted.counted_until < ({{ lookback_start() }}))
+{%- endmacro %}
+
+{#- int_user_metric_counts' pre-hook, inside the transaction of its incremental night: the rows of the
+    experiments to recount from scratch go; the model then finds none of theirs and counts every user
+    of those experiments again. -#}
 {% macro delete_experiments_to_recount() -%}
     {%- if is_incremental() -%}
     delete from {{ this }}
-    where experiment_id in (
-        select counted.experiment_id
-        from (
-            select experiment_id, max(counted_until) as counted_until, min(fingerprint) as fingerprint,
-                   max(fingerprint) as last_fingerprint
-            from {{ this }}
-            group by experiment_id
-        ) as counted
-        left join ({{ experiment_count_fingerprints() }}) as current_experiments
-            on current_experiments.experiment_id = counted.experiment_id
-        where current_experiments.experiment_id is null
-           or current_experiments.fingerprint <> counted.fingerprint
-           or current_experiments.fingerprint <> counted.last_fingerprint
-           or current_experiments.window_end < counted.counted_until
-    )
+    where experiment_id in ({{ experiments_to_recount() }})
     {%- endif -%}
+{%- endmacro %}
+
+{#- Whether an incremental night of int_user_metric_counts keeps any experiment's rows. When none (a
+    metric added, new counting code, every experiment's window moved), the night counts everyone the
+    way a full build does, through the views: looking up each user's recent rows would cost more. Asked
+    while the model compiles, before its pre-hook deletes anything. -#}
+{% macro keeps_any_counted_experiment() -%}
+    {%- if not (execute and is_incremental()) -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set kept = run_query("select count(*) from (select distinct experiment_id from " ~ this
+                             ~ ") as counted where experiment_id not in (" ~ experiments_to_recount() ~ ")") -%}
+    {{ return(kept.columns[0].values()[0] > 0) }}
 {%- endmacro %}

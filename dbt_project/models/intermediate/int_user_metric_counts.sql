@@ -5,11 +5,12 @@
     leaves them out, with the exposure up to the window's end of this run.
 
     Incremental on DuckDB (a table elsewhere). A night recounts only the users that raw rows stamped
-    since the look-back start could change: (counted_until of the experiment) minus
-    var('late_data_lookback_days'). Those are the users with such an exposure in the experiment, or
-    with such an event (any experiment of theirs; an event_id's earliest occurrence is looked for
-    among every row of that id). An experiment whose definition changed, that is gone, or whose
-    window now ends before what was counted is recounted whole (the pre-hook deletes it first).
+    since the look-back start could change: the last night's as-of (the latest counted_until) minus
+    var('late_data_lookback_days'). Those are the users with such an exposure of the experiment, or
+    such an event inside its window (an event_id's earliest occurrence is looked for among every row
+    of that id). An experiment whose definition changed, that is gone, whose window now ends before
+    what was counted, or whose window grew from before the look-back start (an ended experiment
+    extended) is recounted whole (the pre-hook deletes it first).
     Every other row is what a full rebuild gives, as long as no row lands later than the look-back:
     `glmm-ab run --full-refresh` rebuilds the table. -#}
 {{ config(
@@ -35,17 +36,13 @@ fingerprints as (
 
 ),
 
-{% if is_incremental() %}
+{% if keeps_any_counted_experiment() %}
 
-{#- the experiments the table counts (the pre-hook removed those to recount whole), and from when a
-    raw row can change their counts -#}
+{#- the experiments the table counts (the pre-hook removed those to recount whole) -#}
 counted as (
 
-    select
-        experiment_id,
-        {{ dbt.dateadd('day', -1 * var('late_data_lookback_days'), 'max(counted_until)') }} as since
+    select distinct experiment_id
     from {{ this }}
-    group by experiment_id
 
 ),
 
@@ -61,15 +58,19 @@ raw_events as (
 
 ),
 
+{#- each user's earliest event stamped since the look-back start -#}
 users_with_recent_events as (
 
-    select distinct user_id
+    select user_id, min(event_at) as first_recent_event_at
     from raw_events
-    where event_at >= (select min(since) from counted)
+    where event_at >= ({{ lookback_start() }})
+    group by user_id
 
 ),
 
-{#- the experiment x user pairs to recount -#}
+{#- the experiment x user pairs to recount: every user of an experiment the table does not count, and the
+    users with an exposure of the experiment, or an event inside its window, stamped since the look-back
+    start -#}
 recount as (
 
     select experiment_id, user_id
@@ -78,16 +79,17 @@ recount as (
 
     union
 
-    select exposures.experiment_id, exposures.user_id
+    select experiment_id, user_id
     from exposures
-    inner join counted on counted.experiment_id = exposures.experiment_id
-    where exposures.assigned_at >= counted.since
+    where assigned_at >= ({{ lookback_start() }})
 
     union
 
     select exposures.experiment_id, exposures.user_id
     from exposures
-    inner join users_with_recent_events on users_with_recent_events.user_id = exposures.user_id
+    inner join users_with_recent_events
+        on users_with_recent_events.user_id = exposures.user_id
+       and users_with_recent_events.first_recent_event_at < exposures.window_end
 
 ),
 
