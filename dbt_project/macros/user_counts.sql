@@ -1,7 +1,9 @@
 {#- The steps from the raw logs to a user's counts, one macro each. A full build runs them over every
     row (stg_events, int_first_exposures, int_user_events_near_exposure); int_user_metric_counts'
     incremental night runs the same macros over the rows of the users that new raw rows touch. Each
-    takes the name of a relation or CTE and returns a select. -#}
+    takes the name of a relation or CTE and returns a select. A change to what they count must bump
+    the version in experiment_count_fingerprints (the model's own code is in the fingerprint), so
+    that warehouses recount with it. -#}
 
 {#- Raw events with every key present, typed; a row missing a key cannot be counted (dq_data_issues
     counts them). -#}
