@@ -1,7 +1,8 @@
 """The per-user counts are incremental on DuckDB (int_user_metric_counts): a night recounts the users
 that raw rows stamped since its look-back start can change, and every mart it feeds equals a full
-rebuild's on the same raw data, through late events, a re-delivered event id that changes hands, a
-new conflict, a new user, an earlier as-of and a changed definition."""
+rebuild's on the same raw data, through late events, a late exposure that moves a first exposure, a
+re-delivered event id that changes hands, a new conflict, a new user, an earlier as-of, a changed start,
+an extended end and an added metric."""
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def two_nights(tmp_path_factory):
             ORDER BY e.event_id, other.user_id LIMIT 1""").fetchone()
         con.execute("INSERT INTO raw.events SELECT ?, ?, event_name, ? - INTERVAL 1 MINUTE FROM raw.events "
                     "WHERE event_id = ? LIMIT 1", [moved[0], moved[2], moved[1], moved[0]])
+        # a late exposure, half a day before a user's first one (inside the look-back): their first exposure moves
+        late = con.execute(f"""INSERT INTO raw.assignments
+            SELECT experiment_id, user_id, variant, assigned_at - INTERVAL 12 HOUR FROM raw.assignments
+            WHERE experiment_id = 'onboarding_flow' AND user_id = (
+                SELECT min(user_id) FROM (
+                    SELECT user_id FROM raw.assignments WHERE experiment_id = 'onboarding_flow' GROUP BY user_id
+                    HAVING min(assigned_at) >= TIMESTAMP '{NIGHT_1}' - INTERVAL 2 DAY AND min(assigned_at) < TIMESTAMP '{NIGHT_1}'))
+            ORDER BY assigned_at LIMIT 1""")
+        assert late.fetchone()[0] == 1
         # a user counted on night 1 now also sees the other arm: left out from night 2 on
         con.execute(f"""INSERT INTO raw.assignments
             SELECT experiment_id, user_id, CASE WHEN variant = 'control' THEN 'treatment' ELSE 'control' END,
