@@ -7,7 +7,7 @@
     Incremental on DuckDB (a table elsewhere). A night recounts only the users that raw rows stamped
     since the look-back start could change: the last night's as-of (the latest counted_until) minus
     var('late_data_lookback_days'). Those are the users with such an exposure of the experiment, or
-    such an event inside its window (an event_id's earliest occurrence is looked for among every row
+    such an event before its window's end (an event_id's earliest occurrence is looked for among every row
     of that id). An experiment whose definition changed, that is gone, whose window now ends before
     what was counted, or whose window grew from before the look-back start (an ended experiment
     extended) is recounted whole (the pre-hook deletes it first).
@@ -69,8 +69,8 @@ users_with_recent_events as (
 ),
 
 {#- the experiment x user pairs to recount: every user of an experiment the table does not count, and the
-    users with an exposure of the experiment, or an event inside its window, stamped since the look-back
-    start -#}
+    users with an exposure of the experiment, or an event before its window's end (the pre-period's
+    too), stamped since the look-back start -#}
 recount as (
 
     select experiment_id, user_id
