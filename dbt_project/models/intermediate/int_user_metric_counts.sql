@@ -46,6 +46,13 @@ counted as (
 
 ),
 
+{#- from when a raw row is looked at -#}
+lookback as (
+
+    select ({{ lookback_start() }}) as since
+
+),
+
 exposures as (
 
     select * from {{ ref('int_exposures_in_window') }}
@@ -63,7 +70,7 @@ users_with_recent_events as (
 
     select user_id, min(event_at) as first_recent_event_at
     from raw_events
-    where event_at >= ({{ lookback_start() }})
+    where event_at >= (select since from lookback)
     group by user_id
 
 ),
@@ -81,7 +88,7 @@ recount as (
 
     select experiment_id, user_id
     from exposures
-    where assigned_at >= ({{ lookback_start() }})
+    where assigned_at >= (select since from lookback)
 
     union
 
