@@ -6,12 +6,14 @@ Steps, each a Prefect task, against one :class:`~flows.warehouse.Warehouse`:
 2. ``dbt_build`` (pipeline) — ``dbt build`` of staging, intermediate and marts with their
    tests. An error-severity test failure stops the run here, before any fit.
 3. ``load_histograms`` — every experiment x metric histogram, in one snapshot.
-4. ``fit_pair`` mapped over the pairs — a pure task: one small histogram and the frozen
+4. ``earlier_fits`` — the results of pairs whose histogram, settings and engine are those of
+   their last fit (:mod:`.reuse`): reused, not fitted again (``--refit-all`` fits every pair).
+   ``fit_pair`` mapped over the other pairs — a pure task: one small histogram and the frozen
    run options in, result tables out, so a task runner can ship it anywhere: in this
    process by default, on Dask workers with ``--task-runner dask`` (:mod:`.runners`). Retried on
    unexpected errors, not on bad data. A pair that cannot be fitted is recorded in
    ``glmm.fit_failures``; the others go on.
-5. ``write_run`` — every result table and the ``glmm.runs`` row, all or nothing.
+5. ``write_run`` — every result table, ``glmm.fit_inputs`` and the ``glmm.runs`` row, all or nothing.
 6. ``dbt_build`` (reports) — the report models over the result tables.
 7. ``publish_bi`` — the marts, reports and glmm.* tables copied for BI, atomically.
 8. ``draw_pictures`` and ``publish_artifacts`` — the three pictures per pair, drawn from
@@ -39,7 +41,7 @@ from glmm_model import FitCancelled, FitTimeout, InputError, __version__, config
 from glmm_model.schema import SCHEMAS
 from glmm_model.segments import fit_segments
 
-from . import stopping
+from . import reuse, stopping
 from .clock import new_run_id, utc_now
 from .dbt import PIPELINE_SELECTOR, REPORTS_SELECTOR, DbtError, run_dbt
 from .options import RunOptions
@@ -131,6 +133,11 @@ def dbt_build(warehouse: Warehouse, step: str, as_of: datetime, full_refresh: bo
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def load_histograms(warehouse: Warehouse, use_exposure: bool) -> list[PairHistogram]:
     return warehouse.load_histograms(use_exposure)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def earlier_fits(warehouse: Warehouse, digests: dict[tuple[str, str], str]) -> dict[str, pl.DataFrame]:
+    return warehouse.earlier_fits(digests)
 
 
 @task(retries=1, retry_delay_seconds=1, retry_condition_fn=_is_transient, cache_policy=NO_CACHE,
@@ -322,11 +329,22 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             with report.stage("load"):
                 pairs = load_histograms(wh, options.use_exposure)
         with recorded_failure(wh, run, report, "while fitting"), report.stage("fit"):
-            if options.task_runner == SEQUENTIAL:
-                results, failures = fit_pairs(pairs, options)
+            digests = {(p.experiment_id, p.metric_id): reuse.pair_digest(p, options) for p in pairs}
+            reused = earlier_fits(wh, digests) if options.reuse_fits and pairs else {}
+            reused_keys = set(reused["fit_inputs"].select("experiment_id", "metric_id").rows()) if reused else set()
+            to_fit = [p for p in pairs if (p.experiment_id, p.metric_id) not in reused_keys]
+            if reused_keys:
+                logger.info("run %s: %d of %d pairs unchanged since their last fit: their results are reused",
+                            run.run_id, len(reused_keys), len(pairs))
+            if options.task_runner == SEQUENTIAL or not to_fit:
+                results, failures = fit_pairs(to_fit, options)
             else:  # a subflow whose task runner ships each pair to a Dask worker
                 results, failures = flow(fit_pairs, name="glmm-ab-fits", task_runner=task_runner(options.task_runner),
-                                         validate_parameters=False)(pairs, options)
+                                         validate_parameters=False)(to_fit, options)
+            failed = set(failures.select("experiment_id", "metric_id").rows())
+            fitted = [(p.experiment_id, p.metric_id) for p in to_fit if (p.experiment_id, p.metric_id) not in failed]
+            results["fit_inputs"] = reuse.fit_inputs(fitted, digests, run.run_id)
+            results = reuse.merge_results(results, reused)
         for r in failures.iter_rows(named=True):
             logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
         report.lift, report.failures = results["lift"], failures
@@ -369,8 +387,8 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             except Exception as exc:  # the results are committed; a missing artifact must not fail the run
                 logger.warning("run %s: artifacts not published: %s", run.run_id, exc)
         logger.info(
-            "run %s %s: %d pairs fitted, %d failed; seconds per stage: %s", run.run_id, report.status,
-            len(pairs) - failures.height, failures.height,
+            "run %s %s: %d pairs fitted, %d reused, %d failed; seconds per stage: %s", run.run_id, report.status,
+            len(pairs) - len(reused_keys) - failures.height, len(reused_keys), failures.height,
             ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()),
         )
         if publish_failure is not None:

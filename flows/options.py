@@ -70,6 +70,11 @@ class RunOptions:
         "--full-refresh", action="store_true",
         help="recount every user from the whole raw log (dbt's --full-refresh of the incremental per-user counts): "
              "after raw rows landed later than var('late_data_lookback_days') or were corrected or deleted"))
+    reuse_fits: bool = field(default=True, metadata=_flag(
+        "--refit-all", action="store_false",
+        help="fit every pair; by default a pair whose histogram, settings and engine are those of its last fit "
+             "reuses that fit's results (a refit would give the same draws: the same inputs and seed), recorded "
+             "in glmm.fit_inputs"))
     task_runner: str = field(default="sequential", metadata=_flag(
         "--task-runner", metavar="sequential|dask|dask://HOST:PORT",
         help="where the fits run: in this process one after another (default), on a Dask cluster started for the "
@@ -91,6 +96,8 @@ class RunOptions:
             raise ValueError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.use_covariate, bool):
             raise ValueError(f"use_covariate must be true or false, got {self.use_covariate!r}")
+        if not isinstance(self.reuse_fits, bool):
+            raise ValueError(f"reuse_fits must be true or false, got {self.reuse_fits!r}")
         if not isinstance(self.segments, bool):
             raise ValueError(f"segments must be true or false, got {self.segments!r}")
         if not isinstance(self.refits, int) or isinstance(self.refits, bool) or not 0 <= self.refits <= 2:

@@ -44,7 +44,7 @@ def test_each_run_publishes_every_result_table_to_the_bi_copy(demo_run):
     assert set(tables["table_type"]) == {"BASE TABLE"}  # no views: they would name the warehouse's catalog
     names = set(tables["t"])
     # the per-user table stays in the warehouse unless asked for (--publish-per-user)
-    expected = {f"glmm.{t}" for t in SCHEMAS} | {"glmm.runs", "glmm.fit_failures",
+    expected = {f"glmm.{t}" for t in SCHEMAS} | {"glmm.runs", "glmm.fit_failures", "glmm.fit_inputs",
                                                  "main.fct_cv_count_histogram", "main.dq_assignment_conflicts", "main.dq_data_issues",
                                                  "main.rpt_experiment_results_latest", "main.rpt_lift_history",
                                                  "main.rpt_experiment_decisions",

@@ -111,3 +111,20 @@ def test_an_unknown_engine_or_a_mismatched_prefix_is_refused(tmp_path):
     missing = cli("load-raw", str(tmp_path / "nowhere"), "--engine", "spark", "--warehouse", str(tmp_path / "s"),
                   timeout=60)
     assert missing.returncode == 2 and "raw source not found" in missing.stderr
+
+
+def test_a_second_spark_night_on_the_same_rows_reuses_every_fit(spark_run, tmp_path):
+    """Run last: it adds a run to the Spark warehouse the tests above read."""
+    _, _, spark_dir, bi, _ = spark_run
+    first = sql(bi, "SELECT * FROM glmm.fit_inputs ORDER BY experiment_id, metric_id")
+    assert first.height == 4 and (first["fitted_in_run_id"] == first["run_id"]).all()
+    again = tmp_path / "again_bi.duckdb"
+    as_of = sql(bi, "SELECT as_of FROM glmm.runs")["as_of"][0]
+    run = cli("run", "--engine", "spark", "--warehouse", str(spark_dir), "--as-of", as_of.isoformat(),
+              "--publish-to", str(again), *SMALL_ARGS)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    second_id = sql(again, "SELECT run_id FROM glmm.runs ORDER BY finished_at DESC LIMIT 1")["run_id"][0]
+    second = sql(again, "SELECT * FROM glmm.fit_inputs WHERE run_id = ? ORDER BY experiment_id, metric_id", [second_id])
+    assert second.drop("run_id").equals(first.drop("run_id"))  # the same digests, sampled by the first run
+    lift = "SELECT * EXCLUDE (run_id) FROM glmm.lift WHERE run_id = ? ORDER BY experiment_id, metric_id, variant"
+    assert sql(again, lift, [second_id]).equals(sql(bi, lift, [first["run_id"][0]]))

@@ -14,9 +14,11 @@ What a run needs, in the order the nightly flow asks:
 3. :meth:`Warehouse.load_histograms` — every experiment x metric histogram of the
    run, read in one snapshot right after dbt built them;
 4. :meth:`Warehouse.run_lock` — one run at a time: taken before anything else;
-5. :meth:`Warehouse.write_run` — the result tables and the ``glmm.runs`` row, all
-   or nothing (:meth:`Warehouse.record_failed_run` for a run that failed);
-6. :meth:`Warehouse.publish` — the read-only copy BI reads.
+5. :meth:`Warehouse.earlier_fits` — the results of pairs whose inputs and settings are those
+   of their last fit (:mod:`flows.reuse`), so the run reuses them instead of sampling again;
+6. :meth:`Warehouse.write_run` — the result tables, ``glmm.fit_inputs`` and the ``glmm.runs``
+   row, all or nothing (:meth:`Warehouse.record_failed_run` for a run that failed);
+7. :meth:`Warehouse.publish` — the read-only copy BI reads.
 
 ``glmm-ab status`` reads :meth:`Warehouse.recent_runs` and
 :meth:`Warehouse.experiment_health`; the demo uses :meth:`Warehouse.reset` and
@@ -29,12 +31,14 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, ContextManager, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import polars as pl
 
 RESULT_SCHEMA = "glmm"
+# glmm.fit_inputs: one row per pair with results in a run (besides run_id), what they were computed from
+FIT_INPUTS_COLUMNS = {"experiment_id": "text", "metric_id": "text", "input_digest": "text", "fitted_in_run_id": "text"}
 
 
 class WarehouseError(RuntimeError):
@@ -139,6 +143,12 @@ class Warehouse(Protocol):
     def write_run(self, run: RunRecord, results: dict[str, "pl.DataFrame"], failures: "pl.DataFrame",
                   message: str | None) -> None:
         """Append a succeeded run: result tables, fit failures and the ``glmm.runs`` row, all or nothing."""
+
+    def earlier_fits(self, digests: dict[tuple[str, str], str]) -> dict[str, "pl.DataFrame"]:
+        """The result tables of the pairs in ``digests`` ((experiment_id, metric_id) -> input digest)
+        whose newest ``glmm.fit_inputs`` row of a succeeded run has that digest, read from that run,
+        keyed as :meth:`write_run` takes them; ``fit_inputs`` among them says which pairs and from
+        which fit. Empty when none is reusable."""
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         """Append a failed run's ``glmm.runs`` row (creating the result tables if need be), nothing else."""
@@ -248,6 +258,49 @@ def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool,
             planned_split=tuple(planned[experiment_id]) if experiment_id in planned else None,
             metric_type=metric_type, tolerated_drop=tolerated_drop, segments=segments))
     return pairs
+
+
+def earlier_fits_from(query: "Callable[[str], pl.DataFrame]", literal: "Callable[[str], str]", schema: str,
+                      digests: dict[tuple[str, str], str]) -> dict[str, "pl.DataFrame"]:
+    """:meth:`Warehouse.earlier_fits` in portable SQL: ``query`` runs a statement on the engine,
+    ``literal`` quotes a string for it, ``schema`` names the result schema as the engine writes it."""
+    import polars as pl
+
+    from glmm_model.schema import SCHEMAS
+
+    if not digests:
+        return {}
+    newest = query(f"""
+        WITH recorded AS (
+            SELECT f.experiment_id, f.metric_id, f.input_digest, f.fitted_in_run_id, f.run_id,
+                   row_number() OVER (PARTITION BY f.experiment_id, f.metric_id
+                                      ORDER BY r.finished_at DESC, r.run_id DESC) AS newest
+            FROM {schema}.fit_inputs AS f
+            JOIN {schema}.runs AS r ON r.run_id = f.run_id AND r.status = 'succeeded'
+        )
+        SELECT experiment_id, metric_id, input_digest, fitted_in_run_id, run_id FROM recorded WHERE newest = 1""")
+    if newest.height == 0:
+        return {}
+    wanted = pl.DataFrame([(e, m, d) for (e, m), d in digests.items()], orient="row",
+                          schema={"experiment_id": pl.String, "metric_id": pl.String, "input_digest": pl.String})
+    keys = ["experiment_id", "metric_id"]
+    found = wanted.join(newest.select(keys + ["input_digest", "fitted_in_run_id", "run_id"])
+                        .cast({c: pl.String for c in FIT_INPUTS_COLUMNS} | {"run_id": pl.String}),
+                        on=keys + ["input_digest"], how="inner")
+    if found.height == 0:
+        return {}
+    runs = ", ".join(literal(r) for r in sorted(set(found["run_id"])))
+    sources = found.select(keys + ["run_id"])
+    out = {}
+    for table, columns in SCHEMAS.items():
+        rows = query(f"SELECT * FROM {schema}.{table} WHERE run_id IN ({runs})")
+        if rows.height == 0:
+            continue
+        rows = rows.cast({"run_id": pl.String, "experiment_id": pl.String, "metric_id": pl.String})
+        out[table] = rows.join(sources, on=keys + ["run_id"], how="semi").select(
+            [pl.col(k) for k in keys] + [pl.col(c).cast(t) for c, t in columns.items()])
+    out["fit_inputs"] = found.select(keys + ["input_digest", "fitted_in_run_id"])
+    return out
 
 
 def run_lock_timeout() -> float:

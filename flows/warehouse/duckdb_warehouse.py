@@ -28,8 +28,8 @@ from glmm_model.schema import SCHEMAS
 from ..clock import utc_now
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
-from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError, histogram_pairs,
-               histogram_sql, segment_histogram_sql, stage_seconds_json)
+from . import (FIT_INPUTS_COLUMNS, RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
+               earlier_fits_from, histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
@@ -39,6 +39,7 @@ RUNS_DDL = (
     "config JSON NOT NULL, message VARCHAR, stage_seconds JSON"
 )
 FIT_FAILURES_DDL = f"{_KEY_COLUMNS}, error VARCHAR NOT NULL"
+FIT_INPUTS_DDL = "run_id VARCHAR NOT NULL, " + ", ".join(f"{c} VARCHAR NOT NULL" for c in FIT_INPUTS_COLUMNS)
 PUBLICATIONS_DDL = ("run_id VARCHAR NOT NULL, attempted_at TIMESTAMP NOT NULL, status VARCHAR NOT NULL, "
                     "bi_path VARCHAR, message VARCHAR, stage_seconds JSON")
 
@@ -162,6 +163,7 @@ def create_result_tables(con) -> None:
     # a column added since the table was made; earlier rows: NULL
     con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, 'runs')} ADD COLUMN IF NOT EXISTS stage_seconds JSON")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_failures')} ({FIT_FAILURES_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'fit_inputs')} ({FIT_INPUTS_DDL})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, RESULT_SCHEMA, 'publications')} ({PUBLICATIONS_DDL})")
     con.execute(f"ALTER TABLE {name(con, RESULT_SCHEMA, 'publications')} ADD COLUMN IF NOT EXISTS stage_seconds JSON")
     for table, columns in SCHEMAS.items():
@@ -218,9 +220,9 @@ def write_run(con, run: RunRecord, results: dict[str, pl.DataFrame], failures: p
     """Append one successful run: the runs row and every result table, in ONE transaction.
 
     ``results`` maps table name -> frame with experiment_id, metric_id and the engine's
-    columns. On any error the transaction rolls back and nothing of the run remains.
+    columns (and ``fit_inputs``). On any error the transaction rolls back and nothing of the run remains.
     """
-    unknown = sorted(set(results) - set(SCHEMAS))
+    unknown = sorted(set(results) - set(SCHEMAS) - {"fit_inputs"})
     if unknown:
         raise WarehouseError(f"unknown result table(s) {unknown}")
     with transaction(con):
@@ -365,6 +367,11 @@ class DuckDBWarehouse:
                   message: str | None) -> None:
         with connect(self.path) as con:
             write_run(con, run, results, failures, message)
+
+    def earlier_fits(self, digests: dict[tuple[str, str], str]) -> dict[str, pl.DataFrame]:
+        with connect(self.path, read_only=True) as con:
+            return earlier_fits_from(lambda sql: query(con, sql), lambda text: "'" + text.replace("'", "''") + "'",
+                                     name(con, RESULT_SCHEMA), digests)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         with connect(self.path, lock_wait=5) as con:

@@ -33,8 +33,8 @@ import polars as pl
 from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
-from . import (RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
+from . import (FIT_INPUTS_COLUMNS, RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
+               earlier_fits_from, histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
 
@@ -45,6 +45,7 @@ BOOKKEEPING = {
     "runs": [("as_of", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("status", "STRING"),
              ("package_version", "STRING"), ("config", "STRING"), ("message", "STRING"), ("stage_seconds", "STRING")],
     "fit_failures": KEY_COLUMNS + [("error", "STRING")],
+    "fit_inputs": [(c, "STRING") for c in FIT_INPUTS_COLUMNS],
 }
 PUBLICATIONS = [("run_id", "STRING"), ("attempted_at", "TIMESTAMP"), ("status", "STRING"), ("bi_path", "STRING"),
                 ("message", "STRING"), ("stage_seconds", "STRING")]
@@ -227,7 +228,7 @@ class SparkWarehouse:
         Call only while holding the run lock. Returns the (table, run_id) pairs dropped."""
         recorded = set(self.query(f"SELECT run_id FROM {RESULT_SCHEMA}.runs")["run_id"].to_list())
         dropped = []
-        for table in ["fit_failures", *SCHEMAS]:
+        for table in ["fit_failures", "fit_inputs", *SCHEMAS]:
             partitions = [row[0].split("=", 1)[1] for row in self.sql(f"SHOW PARTITIONS {RESULT_SCHEMA}.{table}").collect()]
             for run_id in partitions:
                 if run_id not in recorded:
@@ -247,7 +248,7 @@ class SparkWarehouse:
                   message: str | None) -> None:
         """Each result table's partition for this run (overwritten, so a retry does not double rows), then
         the ``glmm.runs`` row: the commit marker every reader goes through."""
-        unknown = sorted(set(results) - set(SCHEMAS))
+        unknown = sorted(set(results) - set(SCHEMAS) - {"fit_inputs"})
         if unknown:
             raise WarehouseError(f"unknown result table(s) {unknown}")
         for table, frame in {**results, "fit_failures": failures}.items():
@@ -261,6 +262,9 @@ class SparkWarehouse:
                "package_version": run.package_version, "config": json.dumps(run.config, default=str),
                "message": message, "stage_seconds": stage_seconds_json(run.stage_seconds), "run_id": run.run_id}
         self._insert(f"{RESULT_SCHEMA}.runs", _one_row(row, _columns("runs")), _columns("runs"), overwrite=True)
+
+    def earlier_fits(self, digests: dict[tuple[str, str], str]) -> dict[str, pl.DataFrame]:
+        return earlier_fits_from(self.query, _literal, RESULT_SCHEMA, digests)
 
     def record_failed_run(self, run: RunRecord, message: str) -> None:
         # not ensure_result_tables: a run that could not start (another holds the lock) must not drop
