@@ -70,6 +70,7 @@ class RunReport:
     lift: pl.DataFrame = field(default_factory=pl.DataFrame)
     failures: pl.DataFrame = field(default_factory=pl.DataFrame)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    reused: int = 0  # pairs whose results came from their last fit (unchanged inputs: flows/reuse.py)
     plots: dict[str, dict[str, str]] = field(default_factory=dict)
     publication: Publication | None = None
 
@@ -262,6 +263,35 @@ def fit_pairs(pairs: list[PairHistogram], options: RunOptions) -> tuple[dict[str
     return collect_fits(pairs, fit_pair.map(pairs, unmapped(options)))
 
 
+def fit_changed_pairs(wh: Warehouse, pairs: list[PairHistogram], options: RunOptions,
+                      run_id: str) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, int]:
+    """The result tables of every pair (with ``fit_inputs``), the failures, and how many pairs reused
+    their last fit: a pair whose inputs are those of its last fit reuses it (:mod:`.reuse`), unless
+    ``options.reuse_fits`` is off; the others are fitted on the run's task runner."""
+    logger = get_run_logger()
+    digests = {(p.experiment_id, p.metric_id): reuse.pair_digest(p, options) for p in pairs}
+    reused = {}
+    if options.reuse_fits and pairs:
+        try:
+            reused = earlier_fits(wh, digests)
+        except Exception as exc:  # fitting every pair gives the same answers, only later
+            logger.warning("run %s: earlier fits could not be read, every pair is fitted: %s", run_id, exc)
+    reused_keys = set(reused["fit_inputs"].select("experiment_id", "metric_id").rows()) if reused else set()
+    to_fit = [p for p in pairs if (p.experiment_id, p.metric_id) not in reused_keys]
+    if reused_keys:
+        logger.info("run %s: %d of %d pairs unchanged since their last fit: their results are reused",
+                    run_id, len(reused_keys), len(pairs))
+    if options.task_runner == SEQUENTIAL or not to_fit:
+        results, failures = fit_pairs(to_fit, options)
+    else:  # a subflow whose task runner ships each pair to a Dask worker
+        results, failures = flow(fit_pairs, name="glmm-ab-fits", task_runner=task_runner(options.task_runner),
+                                 validate_parameters=False)(to_fit, options)
+    failed = set(failures.select("experiment_id", "metric_id").rows())
+    fitted = [(p.experiment_id, p.metric_id) for p in to_fit if (p.experiment_id, p.metric_id) not in failed]
+    results["fit_inputs"] = reuse.fit_inputs(fitted, digests, run_id)
+    return reuse.merge_results(results, reused), failures, len(reused_keys)
+
+
 @contextmanager
 def held_run(wh: Warehouse, as_of: datetime | None, options: RunOptions, run_id: str | None):
     """The run's record, with the warehouse held for it (one run at a time; reentrant, so the CLI
@@ -329,22 +359,7 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
             with report.stage("load"):
                 pairs = load_histograms(wh, options.use_exposure)
         with recorded_failure(wh, run, report, "while fitting"), report.stage("fit"):
-            digests = {(p.experiment_id, p.metric_id): reuse.pair_digest(p, options) for p in pairs}
-            reused = earlier_fits(wh, digests) if options.reuse_fits and pairs else {}
-            reused_keys = set(reused["fit_inputs"].select("experiment_id", "metric_id").rows()) if reused else set()
-            to_fit = [p for p in pairs if (p.experiment_id, p.metric_id) not in reused_keys]
-            if reused_keys:
-                logger.info("run %s: %d of %d pairs unchanged since their last fit: their results are reused",
-                            run.run_id, len(reused_keys), len(pairs))
-            if options.task_runner == SEQUENTIAL or not to_fit:
-                results, failures = fit_pairs(to_fit, options)
-            else:  # a subflow whose task runner ships each pair to a Dask worker
-                results, failures = flow(fit_pairs, name="glmm-ab-fits", task_runner=task_runner(options.task_runner),
-                                         validate_parameters=False)(to_fit, options)
-            failed = set(failures.select("experiment_id", "metric_id").rows())
-            fitted = [(p.experiment_id, p.metric_id) for p in to_fit if (p.experiment_id, p.metric_id) not in failed]
-            results["fit_inputs"] = reuse.fit_inputs(fitted, digests, run.run_id)
-            results = reuse.merge_results(results, reused)
+            results, failures, report.reused = fit_changed_pairs(wh, pairs, options, run.run_id)
         for r in failures.iter_rows(named=True):
             logger.error("run %s: %s x %s not fitted: %s", run.run_id, r["experiment_id"], r["metric_id"], r["error"])
         report.lift, report.failures = results["lift"], failures
@@ -388,7 +403,7 @@ def nightly(warehouse: str = DEFAULT_WAREHOUSE, as_of: datetime | None = None,
                 logger.warning("run %s: artifacts not published: %s", run.run_id, exc)
         logger.info(
             "run %s %s: %d pairs fitted, %d reused, %d failed; seconds per stage: %s", run.run_id, report.status,
-            len(pairs) - len(reused_keys) - failures.height, len(reused_keys), failures.height,
+            len(pairs) - report.reused - failures.height, report.reused, failures.height,
             ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()),
         )
         if publish_failure is not None:

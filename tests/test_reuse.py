@@ -67,9 +67,17 @@ def test_unchanged_pairs_reuse_their_last_fit_and_equal_a_refit_a_changed_pair_i
     fitted_in = dict(zip(rows["metric_id"], rows["fitted_in_run_id"]))
     assert fitted_in == {"purchases": changed.run_id, "purchases_per_cart": changed.run_id,
                          "add_to_cart": refit.run_id, "converted": refit.run_id}  # the last run that sampled them
-    lift = sql(path, "SELECT metric_id, prob_beat_control FROM glmm.lift WHERE run_id = ? ORDER BY metric_id",
-               [changed.run_id])
-    assert lift.height == 4
+    assert sql(path, "SELECT count(*) AS n FROM glmm.lift WHERE run_id = ?", [changed.run_id])["n"][0] == 4
+
+    # a pair whose rows are gone from one table (pruned by hand) is fitted again, not written without them
+    with duckdb.connect(str(path)) as con:
+        con.execute("DELETE FROM glmm.lift WHERE run_id = ? AND metric_id = 'add_to_cart'", [changed.run_id])
+    pruned = nightly(warehouse=str(path), options=small())
+    rows = fit_inputs(path, pruned.run_id)
+    assert dict(zip(rows["metric_id"], rows["fitted_in_run_id"])) == {
+        "add_to_cart": pruned.run_id, "converted": refit.run_id, "purchases": changed.run_id,
+        "purchases_per_cart": changed.run_id}
+    assert sql(path, "SELECT count(*) AS n FROM glmm.lift WHERE run_id = ?", [pruned.run_id])["n"][0] == 4
 
 
 def pair(histogram: pl.DataFrame, **changes) -> PairHistogram:

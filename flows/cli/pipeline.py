@@ -66,6 +66,10 @@ def print_lift(report, out=sys.stdout) -> None:
         print(f"not fitted: {r['experiment_id']} x {r['metric_id']}: {r['error']}", file=out)
     if report.message:
         print(report.message, file=out)
+    if report.reused:
+        pairs = report.lift.select("experiment_id", "metric_id").unique().height
+        print(f"{report.reused} of {pairs} experiment x metric pairs reused their last fit (inputs unchanged; "
+              "--refit-all fits every pair)", file=out)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
     print(f"seconds per stage: {stages}", file=out)
 

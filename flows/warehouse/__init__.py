@@ -299,7 +299,15 @@ def earlier_fits_from(query: "Callable[[str], pl.DataFrame]", literal: "Callable
         rows = rows.cast({"run_id": pl.String, "experiment_id": pl.String, "metric_id": pl.String})
         out[table] = rows.join(sources, on=keys + ["run_id"], how="semi").select(
             [pl.col(k) for k in keys] + [pl.col(c).cast(t) for c, t in columns.items()])
-    out["fit_inputs"] = found.select(keys + ["input_digest", "fitted_in_run_id"])
+    # a pair is reused whole or not at all: one whose rows are gone (a table pruned by hand) is fitted
+    present = None
+    for table in ("diagnostics", "lift", "posterior_summary"):
+        pairs = out.get(table, pl.DataFrame(schema={k: pl.String for k in keys})).select(keys).unique()
+        present = pairs if present is None else present.join(pairs, on=keys, how="semi")
+    if present.height == 0:
+        return {}
+    out = {table: frame.join(present, on=keys, how="semi") for table, frame in out.items()}
+    out["fit_inputs"] = found.join(present, on=keys, how="semi").select(keys + ["input_digest", "fitted_in_run_id"])
     return out
 
 

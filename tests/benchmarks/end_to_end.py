@@ -1,7 +1,7 @@
 """Benchmark 3: ``glmm-ab run`` end to end on 10 experiments x 2 metrics x 1,000,000 users (~20M events).
 
     python tests/benchmarks/end_to_end.py [--users 1000000] [--experiments 10] [--keep PATH [--reuse]]
-                                          [--engines duckdb,spark] [--nights 2]
+                                          [--engines duckdb,spark] [--nights 2] [--refit-all] [--new-day]
 
 Builds the raw tables with DuckDB SQL (users split evenly between control and
 treatment, each user-metric's event count geometric with mean ~1, +5% for the
@@ -9,12 +9,15 @@ treatment, times over two weeks), then times ``glmm-ab run`` twice, each in a
 fresh process as a user runs it, and prints the flow's per-stage breakdown and
 the wall time of both. The first run may trace and compile sampler programs for
 shapes it has not seen (an empty cache: the first night); the second is every
-night after. ``--keep PATH --reuse`` uses a warehouse already built there.
+night after. ``--keep PATH --reuse`` uses a warehouse already built there. Nights after the first find the same
+rows, so each pair reuses its last fit (``glmm.fit_inputs``); ``--refit-all`` then times one more
+night on the same rows with ``glmm-ab run --refit-all`` (every pair fitted again), side by side.
 ``--new-day`` (DuckDB) then lands one more day of raw rows (the events of 2026-10-15, the busiest
 day, again on 2026-11-01 under new event ids, and 2026-10-14's exposures again on 2026-11-01 as
 new users) and times the night of 2026-11-02 twice: incremental (int_user_metric_counts recounts
-the users those rows touch) and with ``--full-refresh`` (every user recounted), then checks that
-the marts of the two are identical, row for row.
+the users those rows touch; every pair's histogram changed, so every pair is fitted) and with
+``--full-refresh --refit-all`` (every user recounted, every pair fitted: the whole cost), then
+checks that the marts of the two are identical, row for row.
 ``--engines duckdb,spark`` also lands the same raw tables in a Spark warehouse
 (``glmm-ab load-raw``, timed on its own) and runs the same nights on Spark local
 mode, side by side (needs the spark extra and a JDK). ``--nights 1`` times one night per
@@ -94,6 +97,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="with --keep: use the warehouse already there")
     parser.add_argument("--engines", default="duckdb", help="duckdb, spark or duckdb,spark")
     parser.add_argument("--nights", type=int, default=2, help="nights timed per engine")
+    parser.add_argument("--refit-all", action="store_true",
+                        help="then one more night on the same rows with --refit-all (every pair fitted again)")
     parser.add_argument("--new-day", action="store_true",
                         help="then one more day of raw rows: its night incremental and with --full-refresh (DuckDB)")
     args = parser.parse_args()
@@ -126,6 +131,9 @@ def main() -> None:
         for engine in engines:
             for night in range(args.nights):
                 runs[engine, f"night {night + 1}"], out = timed_run(engine, locations[engine], "2026-11-01T00:00:00")
+            if args.refit_all:
+                runs[engine, "same rows, --refit-all"], out = timed_run(engine, locations[engine], "2026-11-01T00:00:00",
+                                                                       "--refit-all")
         if args.new_day:
             with duckdb.connect(str(path)) as con:
                 con.execute(NEW_DAY_SQL)
@@ -138,7 +146,7 @@ def main() -> None:
                     "SELECT count(DISTINCT (experiment_id, user_id)) FILTER (WHERE counted_until = TIMESTAMP '2026-11-02'), "
                     "count(DISTINCT (experiment_id, user_id)) FROM main.int_user_metric_counts").fetchone()
             runs["duckdb", "new day, --full-refresh"], out = timed_run("duckdb", locations["duckdb"], "2026-11-02T00:00:00",
-                                                                     "--full-refresh")
+                                                                     "--full-refresh", "--refit-all")
             with duckdb.connect(str(path)) as con:
                 differing = {mart: con.execute(
                     f"SELECT (SELECT count(*) FROM (FROM incremental_night.{mart} EXCEPT ALL FROM main.{mart}))"
@@ -154,7 +162,8 @@ def main() -> None:
           + " | ".join(f"**{runs[c][1]:.1f}**" for c in columns) + " |")
     print(f"\n{args.experiments} experiments x 2 metrics x {args.users:,} users: {n_assign:,} assignments, "
           f"{n_events:,} events; default sampler (4 chains x (500 + 2000)); pairs fitted: "
-          f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows."
+          f"{len(re.findall(r' (ship|keep_control|inconclusive|invalid)$', out.stdout, re.M))} lift rows "
+          f"in the last run's output."
           + (f" Landing the raw tables in Spark (glmm-ab load-raw from the DuckDB file): {loaded:.0f} s." if loaded else ""))
     if args.new_day:
         print(f"\nThe new day: {NEW_DAY_EVENTS} and {NEW_DAY_EXPOSURES}; the incremental night recounted "
