@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from flows import reuse
-from flows.warehouse import PairHistogram
+from flows.warehouse import PairHistogram, open_warehouse
 from glmm_model.schema import SCHEMAS
 from tests.pipeline_helpers import ONE_EXPERIMENT, keep_one_experiment, make_demo, small, sql
 
@@ -44,6 +44,9 @@ def test_unchanged_pairs_reuse_their_last_fit_and_equal_a_refit_a_changed_pair_i
         assert again[table].equals(before[table]), table
     assert before["lift"].height == 4 and before["posterior_draws"].height > 0
     assert second.lift.height == 4  # the run's own report carries the reused pairs too
+    runs = open_warehouse(path).recent_runs(2)  # what glmm-ab status lists
+    assert runs.select("run_id", "pairs_fitted", "pairs_reused", "pairs_failed").rows() == [
+        (second.run_id, 0, 4, 0), (first.run_id, 4, 0, 0)]
 
     # --refit-all samples every pair again, and gets the same tables: reusing is what a refit would give
     refit = nightly(warehouse=str(path), options=small(reuse_fits=False))

@@ -267,14 +267,14 @@ def cmd_status(args) -> int:
         print(f"{warehouse.describe()}: no runs yet")
         return 0
     print(f"Last {runs.height} run(s) of {warehouse.describe()}:")
-    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'failed':>6}  "
+    print(f"{'run_id':<26} {'as of':<17} {'finished':<17} {'status':<10} {'fitted':>6} {'reused':>6} {'failed':>6}  "
           f"{'BI copy':<13}  message")
     bi_labels = {"published": "published", "failed": "NOT published", None: "-"}
     for r in runs.iter_rows(named=True):
         message = "; ".join(filter(None, [r["message"], r["published"] == "failed"
                                           and f"BI copy not published: {r['publish_message']}"]))
         print(f"{r['run_id']:<26} {r['as_of']:%Y-%m-%d %H:%M} {r['finished_at']:%Y-%m-%d %H:%M} {r['status']:<10} "
-              f"{r['pairs_fitted']:>6} {r['pairs_failed']:>6}  {bi_labels.get(r['published'], r['published']):<13}  "
+              f"{r['pairs_fitted']:>6} {r['pairs_reused']:>6} {r['pairs_failed']:>6}  {bi_labels.get(r['published'], r['published']):<13}  "
               f"{message}")
     if health.height:
         print("\nHealth of the latest results (rpt_experiment_health):")

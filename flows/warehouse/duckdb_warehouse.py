@@ -281,7 +281,8 @@ def read_raw_source(path: Path) -> dict[str, pl.DataFrame]:
 
 
 def recent_runs(con, limit: int = 10) -> pl.DataFrame:
-    """The newest runs with how many pairs each fitted and failed, and whether its BI copy was published
+    """The newest runs with how many pairs each fitted (sampled), reused (their last fit's results: inputs
+    unchanged) and failed, and whether its BI copy was published
     (``published``: the last attempt's status, NULL when none was made; ``publish_message``: why it failed)."""
     if table_exists(con, RESULT_SCHEMA, "publications"):
         last_attempt = f"""(SELECT {{}} FROM {name(con, RESULT_SCHEMA, "publications")} p WHERE p.run_id = r.run_id
@@ -289,9 +290,15 @@ def recent_runs(con, limit: int = 10) -> pl.DataFrame:
         published, publish_message = last_attempt.format("p.status"), last_attempt.format("p.message")
     else:  # a warehouse from before publications were recorded
         published = publish_message = "CAST(NULL AS VARCHAR)"
+    reused = "0"
+    if table_exists(con, RESULT_SCHEMA, "fit_inputs"):  # else a warehouse from before fits were reused
+        reused = (f"(SELECT count(*) FROM {name(con, RESULT_SCHEMA, 'fit_inputs')} i "
+                  "WHERE i.run_id = r.run_id AND i.fitted_in_run_id <> i.run_id)")
     return query(con, f"""
         SELECT r.run_id, r.as_of, r.finished_at, r.status,
-               (SELECT count(*) FROM {name(con, RESULT_SCHEMA, "diagnostics")} d WHERE d.run_id = r.run_id) AS pairs_fitted,
+               (SELECT count(*) FROM {name(con, RESULT_SCHEMA, "diagnostics")} d WHERE d.run_id = r.run_id)
+                 - {reused} AS pairs_fitted,
+               {reused} AS pairs_reused,
                (SELECT count(*) FROM {name(con, RESULT_SCHEMA, "fit_failures")} f WHERE f.run_id = r.run_id) AS pairs_failed,
                r.message, {published} AS published, {publish_message} AS publish_message
         FROM {name(con, RESULT_SCHEMA, "runs")} r ORDER BY r.finished_at DESC, r.run_id DESC LIMIT ?

@@ -288,14 +288,17 @@ class SparkWarehouse:
             return None
         return self.query(f"""
             WITH fitted AS (SELECT run_id, count(*) AS n FROM {RESULT_SCHEMA}.diagnostics GROUP BY run_id),
+                 reused AS (SELECT run_id, count(*) AS n FROM {RESULT_SCHEMA}.fit_inputs
+                            WHERE fitted_in_run_id <> run_id GROUP BY run_id),
                  failed AS (SELECT run_id, count(*) AS n FROM {RESULT_SCHEMA}.fit_failures GROUP BY run_id),
                  attempts AS (SELECT run_id, status, message,
                                      row_number() OVER (PARTITION BY run_id ORDER BY attempted_at DESC) AS newest
                               FROM {RESULT_SCHEMA}.publications)
-            SELECT r.run_id, r.as_of, r.finished_at, r.status, coalesce(fitted.n, 0) AS pairs_fitted,
-                   coalesce(failed.n, 0) AS pairs_failed, r.message, p.status AS published, p.message AS publish_message
+            SELECT r.run_id, r.as_of, r.finished_at, r.status, coalesce(fitted.n, 0) - coalesce(reused.n, 0) AS pairs_fitted,
+                   coalesce(reused.n, 0) AS pairs_reused, coalesce(failed.n, 0) AS pairs_failed, r.message, p.status AS published, p.message AS publish_message
             FROM {RESULT_SCHEMA}.runs r
             LEFT JOIN fitted ON fitted.run_id = r.run_id
+            LEFT JOIN reused ON reused.run_id = r.run_id
             LEFT JOIN failed ON failed.run_id = r.run_id
             LEFT JOIN attempts p ON p.run_id = r.run_id AND p.newest = 1
             ORDER BY r.finished_at DESC, r.run_id DESC LIMIT {int(limit)}""")
