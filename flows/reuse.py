@@ -2,7 +2,7 @@
 
 A fit is a pure function of its inputs: the pair's histogram (and its segment
 breakdowns' histograms), its control, planned split, metric type and tolerance,
-the run options that set its :class:`glmm_model.FitConfig` (the pair's seed is
+the run options that set its :class:`glmm_model.FitConfig` but the time limit (the pair's seed is
 derived from the base seed and its ids, so it does not change from night to
 night), and the engine that computes it (glmm-ab's statistics code and the
 libraries it runs on). Fitting the same inputs again gives the same draws and the
@@ -18,6 +18,7 @@ sampled them; the rest are fitted. ``glmm-ab run --refit-all`` fits every pair.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -59,6 +60,8 @@ def pair_digest(pair: PairHistogram, options: RunOptions) -> str:
     """The digest of everything a pair's results are computed from (see the module's docstring)."""
     config = options.fit_config(pair.experiment_id, pair.metric_id, pair.planned_split, pair.metric_type,
                                 pair.tolerated_drop)
+    # the time limit decides whether a fit finishes, not what a finished one computes
+    config = replace(config, sampler=replace(config.sampler, time_limit_s=None))
     digest = hashlib.sha256(engine_digest().encode())
     for part in (pair.experiment_id, pair.metric_id, pair.control_variant, repr(config), repr(options.segments)):
         digest.update(part.encode() + b"\0")

@@ -111,7 +111,8 @@ def test_the_digest_names_every_input_of_a_fit():
     digests = [reuse.pair_digest(p, options) for p, options in changed]
     assert len(set(digests) | {base}) == len(changed) + 1
     # the output settings do not change what a fit computes
-    assert reuse.pair_digest(pair(histogram), small(plots_dir="x", publish_results=False, reuse_fits=False)) == base
+    assert reuse.pair_digest(pair(histogram), small(plots_dir="x", publish_results=False, reuse_fits=False,
+                                                    fit_timeout=60, task_runner="dask")) == base
 
 
 @pytest.mark.parametrize("text", ["yes", 1])
