@@ -20,35 +20,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import polars as pl
 
 from .options import RunOptions
-from .warehouse import PairHistogram
+from .warehouse import FIT_INPUTS_COLUMNS, PairHistogram
 
 # the libraries whose arithmetic the results depend on (sampling, diagnostics, tables)
 ENGINE_PACKAGES = ("jax", "jaxlib", "numpyro", "numpy", "scipy", "arviz", "polars")
-FIT_INPUTS_SCHEMA = {"experiment_id": pl.String, "metric_id": pl.String, "input_digest": pl.String,
-                     "fitted_in_run_id": pl.String}
+FIT_INPUTS_SCHEMA = {column: pl.String for column in FIT_INPUTS_COLUMNS}
 
 
 @lru_cache(maxsize=1)
 def engine_digest() -> str:
     """A digest of the statistics engine: every source file of ``glmm_model`` and the versions of the
     libraries in :data:`ENGINE_PACKAGES`. Any change to either makes every pair's digest new."""
-    import glmm_model
+    from glmm_model.programs import engine_modules, source_digest
 
-    digest = hashlib.sha256(f"glmm_model={glmm_model.__version__};".encode())
-    for path in sorted(Path(glmm_model.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for package in ENGINE_PACKAGES:
-        try:
-            digest.update(f"{package}={version(package)};".encode())
-        except PackageNotFoundError:
-            digest.update(f"{package}=none;".encode())
-    return digest.hexdigest()
+    return source_digest(engine_modules(), ENGINE_PACKAGES)
 
 
 def _frame_bytes(frame: pl.DataFrame) -> bytes:

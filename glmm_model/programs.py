@@ -69,15 +69,26 @@ def _version(package: str) -> str:
         return "none"
 
 
-@lru_cache(maxsize=1)
-def _code_digest() -> str:
+def source_digest(modules, packages) -> str:
+    """SHA-256 of the named source files of this package (in the order given) and of the installed
+    versions of the named distributions ("none" for one not installed)."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in _DEFINING_MODULES:
+    for name in modules:
         digest.update((here / name).read_bytes())
-    for package in ("jax", "jaxlib", "numpyro"):
+    for package in packages:
         digest.update(f"{package}={_version(package)};".encode())
     return digest.hexdigest()
+
+
+def engine_modules() -> list[str]:
+    """Every source file of this package, by name."""
+    return sorted(path.name for path in Path(__file__).parent.glob("*.py"))
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    return source_digest(_DEFINING_MODULES, ("jax", "jaxlib", "numpyro"))
 
 
 def program_spec(name: str, settings: dict, data) -> dict:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 RESULT_SCHEMA = "glmm"
 # glmm.fit_inputs: one row per pair with results in a run (besides run_id), what they were computed from
-FIT_INPUTS_COLUMNS = {"experiment_id": "text", "metric_id": "text", "input_digest": "text", "fitted_in_run_id": "text"}
+FIT_INPUTS_COLUMNS = ("experiment_id", "metric_id", "input_digest", "fitted_in_run_id")  # all text
 
 
 class WarehouseError(RuntimeError):
@@ -284,7 +284,7 @@ def earlier_fits_from(query: "Callable[[str], pl.DataFrame]", literal: "Callable
     wanted = pl.DataFrame([(e, m, d) for (e, m), d in digests.items()], orient="row",
                           schema={"experiment_id": pl.String, "metric_id": pl.String, "input_digest": pl.String})
     keys = ["experiment_id", "metric_id"]
-    found = wanted.join(newest.select(keys + ["input_digest", "fitted_in_run_id", "run_id"])
+    found = wanted.join(newest.select(*FIT_INPUTS_COLUMNS, "run_id")
                         .cast({c: pl.String for c in FIT_INPUTS_COLUMNS} | {"run_id": pl.String}),
                         on=keys + ["input_digest"], how="inner")
     if found.height == 0:
@@ -300,14 +300,16 @@ def earlier_fits_from(query: "Callable[[str], pl.DataFrame]", literal: "Callable
         out[table] = rows.join(sources, on=keys + ["run_id"], how="semi").select(
             [pl.col(k) for k in keys] + [pl.col(c).cast(t) for c, t in columns.items()])
     # a pair is reused whole or not at all: one whose rows are gone (a table pruned by hand) is fitted
-    present = None
-    for table in ("diagnostics", "lift", "posterior_summary"):
-        pairs = out.get(table, pl.DataFrame(schema={k: pl.String for k in keys})).select(keys).unique()
-        present = pairs if present is None else present.join(pairs, on=keys, how="semi")
+    essential = ("diagnostics", "lift", "posterior_summary")
+    if any(table not in out for table in essential):
+        return {}
+    present = out[essential[0]].select(keys).unique()
+    for table in essential[1:]:
+        present = present.join(out[table].select(keys).unique(), on=keys, how="semi")
     if present.height == 0:
         return {}
     out = {table: frame.join(present, on=keys, how="semi") for table, frame in out.items()}
-    out["fit_inputs"] = found.join(present, on=keys, how="semi").select(keys + ["input_digest", "fitted_in_run_id"])
+    out["fit_inputs"] = found.join(present, on=keys, how="semi").select(FIT_INPUTS_COLUMNS)
     return out
 
 
