@@ -23,6 +23,14 @@ scales them by ``sigma_hat = s / sqrt(1 + w)``:
 evaluated in log space. Plain Gauss-Hermite centred at zero is not used: at large
 counts the integrand is a spike far from zero and it misses it by thousands of nats.
 
+At counts 0-2 the integrand is lopsided: for y = 0 it is the Normal(0, s) prior cut
+off to the right by the soft step exp(-exp(eta + r)), steeper than any Gaussian of the
+Laplace scale. There the rule is split at the mode (:func:`split_rule`): the Gauss rule
+for the weight e^{-u²} on [0, ∞) on each side, the left on sigma_hat and the right on
+min(sigma_hat, 1), since the step's own width in r is about 1:
+
+    L ≈ Σ_side sqrt(2) sigma_side Σ_k ω_k exp(u_k²) f(r* ± sqrt(2) sigma_side u_k)
+
 The mode and the scale are held out of the gradient (``stop_gradient``): the
 quadrature is exact-to-tolerance for any centre near the mode, so its gradient in
 (eta, s) is the quadrature of the integrand's gradient. Everything is float64.
@@ -34,6 +42,7 @@ compilation, same arithmetic).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,21 +50,39 @@ import numpy as np
 import jax.scipy.special as jsp
 import scipy.special as sp
 
-# Node counts by count tier, measured against scipy.integrate.quad over counts 0..10,000, eta -5..8,
-# s 0.05..3 (tests/test_quadrature.py). y = 0 with a large s is the hard case (a prior tail cut by a
-# soft step): 128 nodes keep it under 2e-7. The integrand gets more Gaussian as the count grows, so
-# fewer nodes do: worst errors seen were 3e-7 (24 nodes, y >= 3), 6e-7 (12, y >= 10), 2e-7 (10, y >=
-# 20) and 6e-7 (8, y >= 50). Each tier is (first count above it, nodes). Counts from 10 up share the
-# 12-node rule: two more tiers of 10 and 8 nodes saved little arithmetic (the few cells of high
-# counts) and cost two more loops of the sampler's likelihood, each padded to a whole step. Three
-# tiers instead of five (2026-12-02, alternating, three runs each): the sampler program built in 8.0
-# s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, a process importing glmm_model
-# and fitting the article's data 2.18-2.30 s instead of 2.45-2.50 s, sampling a 1M-user pair
-# 1.86-1.99 s instead of 2.15-2.34 s.
-COUNT_TIERS = ((3, 128), (10, 24), (None, 12))
+# Rules by count tier, measured against scipy.integrate.quad over counts 0..10,000, eta -5..8,
+# s 0.05..3 (tests/test_quadrature.py). Each tier is (first count above it, nodes, split). Counts 0-2
+# are the hard cases: y = 0 with a large s is a prior tail cut by a soft step, which a symmetric rule
+# centred at the mode fits badly (128 nodes for 1.2e-7, 64 for 8e-6). Their rule is *split* at the
+# mode (:func:`split_rule`): a half-range Gauss-Hermite rule on each side, the left on the Laplace
+# scale, the right on that scale capped at RIGHT_SCALE_CAP (the Poisson factor's own width in the
+# log-rate), where the cut falls off. 2 x 24 nodes keep counts 0-2 under 4.2e-8 (y = 0: 3.4e-8;
+# tests/benchmarks/quadrature_nodes.py's accuracy table), a third of the 128 nodes the symmetric rule
+# needed there. The integrand gets more Gaussian as the count grows, so fewer symmetric nodes do: worst
+# errors seen were 3e-7 (24 nodes, y >= 3), 6e-7 (12, y >= 10), 2e-7 (10, y >= 20) and 6e-7 (8, y >=
+# 50). Counts from 10 up share the 12-node rule: two more tiers of 10 and 8 nodes saved little
+# arithmetic (the few cells of high counts) and cost two more loops of the sampler's likelihood, each
+# padded to a whole step. Three tiers instead of five (2026-12-02, alternating, three runs each): the
+# sampler program built in 8.0 s instead of 9.2 s, loaded in 0.53-0.58 s instead of 0.70-0.72 s, a
+# process importing glmm_model and fitting the article's data 2.18-2.30 s instead of 2.45-2.50 s,
+# sampling a 1M-user pair 1.86-1.99 s instead of 2.15-2.34 s.
+COUNT_TIERS = ((3, 48, True), (10, 24, False), (None, 12, False))
+RIGHT_SCALE_CAP = 1.0
 DEFAULT_NODES = 16
 _NEWTON_STEPS = 8
 HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+class Rule(NamedTuple):
+    """A quadrature rule in units of the Laplace scale: nodes ``x`` and ``log_wx`` = log(ω) + x².
+
+    ``split``: the two halves of :func:`split_rule`, whose right half (x > 0) is scaled by the capped
+    scale (:func:`rule_nodes`); otherwise a symmetric Gauss-Hermite rule (:func:`hermite_rule`).
+    """
+
+    x: np.ndarray
+    log_wx: np.ndarray
+    split: bool = False
 
 
 @lru_cache(maxsize=None)
@@ -63,6 +90,56 @@ def hermite_rule(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes x_k and log(ω_k) + x_k² of the n-point Gauss-Hermite rule (weight e^{-x²})."""
     x, w = np.polynomial.hermite.hermgauss(n_nodes)
     return x, np.log(w) + x**2
+
+
+@lru_cache(maxsize=None)
+def half_hermite_rule(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes u_k > 0 and log(ω_k) + u_k² of the n-point Gauss rule for the weight e^{-u²} on [0, ∞).
+
+    Golub-Welsch on the recurrence of the weight's orthogonal polynomials, found by the Stieltjes
+    procedure on a discretisation of the weight that integrates polynomials of degree < 128 times
+    e^{-u²} exactly up to its cut at u = 16 (16 panels of 64 Gauss-Legendre points; e^{-256} beyond).
+    Moments up to degree 2n - 1 come out right to ~1e-15 (tests/test_quadrature.py).
+    """
+    t, w = np.polynomial.legendre.leggauss(64)
+    u = np.concatenate([k + 0.5 * (t + 1.0) for k in range(16)])
+    w = np.tile(0.5 * w, 16) * np.exp(-u * u)
+    alpha, beta = np.zeros(n_nodes), np.zeros(n_nodes)
+    p_prev, p = np.zeros_like(u), np.full_like(u, 1.0 / np.sqrt(w.sum()))
+    for k in range(n_nodes):  # orthonormal polynomials: p_{k+1} sqrt(beta_{k+1}) = (u - alpha_k) p_k - sqrt(beta_k) p_{k-1}
+        alpha[k] = np.sum(w * u * p * p)
+        q = (u - alpha[k]) * p - np.sqrt(beta[k]) * p_prev
+        if k + 1 < n_nodes:
+            beta[k + 1] = np.sum(w * q * q)
+            p_prev, p = p, q / np.sqrt(beta[k + 1])
+    off = np.sqrt(beta[1:])
+    nodes, vectors = np.linalg.eigh(np.diag(alpha) + np.diag(off, 1) + np.diag(off, -1))
+    return nodes, np.log(w.sum() * vectors[0] ** 2) + nodes**2
+
+
+@lru_cache(maxsize=None)
+def split_rule(n_nodes: int) -> Rule:
+    """The n-node rule split at the mode: :func:`half_hermite_rule` (n/2 nodes) mirrored to the left
+    (x < 0, on the Laplace scale) and as it is to the right (x > 0, on the capped scale)."""
+    u, log_wu = half_hermite_rule(n_nodes // 2)
+    return Rule(np.concatenate([-u[::-1], u]), np.concatenate([log_wu[::-1], log_wu]), True)
+
+
+def tier_rule(nodes: int, split: bool) -> Rule:
+    """A tier's rule: :func:`split_rule` or the symmetric :func:`hermite_rule`."""
+    return split_rule(nodes) if split else Rule(*hermite_rule(nodes))
+
+
+def rule_nodes(rule: Rule, r_star, sigma_hat, xp=jnp):
+    """(r_k, log weights, scale) of ``rule`` at the mode r*: the nodes r_k = r* + sqrt(2) scale_k x_k,
+    each node's log(ω_k) + x_k² + log(scale_k / scale), and the Laplace ``scale`` = sqrt(2) sigma_hat
+    by which the sum is multiplied. scale_k is the Laplace scale, or for a split rule's right half
+    sqrt(2) min(sigma_hat, RIGHT_SCALE_CAP)."""
+    scale = np.sqrt(2.0) * sigma_hat
+    if not rule.split:
+        return r_star[..., None] + scale[..., None] * rule.x, rule.log_wx, scale
+    node_scale = xp.where(rule.x > 0, np.sqrt(2.0) * xp.minimum(sigma_hat, RIGHT_SCALE_CAP)[..., None], scale[..., None])
+    return r_star[..., None] + node_scale * rule.x, rule.log_wx + xp.log(node_scale / scale[..., None]), scale
 
 
 def _np_logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -116,39 +193,40 @@ def _log_joint_kernel(r, y, eta, s, xp):
     return y * (eta + r) - xp.exp(eta + r) - 0.5 * (r / s) ** 2
 
 
-def log_marginal_rule(y, eta, s, x, log_wx, xp=jnp):
-    """log L(y | eta, s) on a given rule (nodes ``x``, ``log_wx = log ω + x²``); broadcasts."""
+def log_marginal_rule(y, eta, s, x, log_wx, xp=jnp, split: bool = False):
+    """log L(y | eta, s) on a given rule (nodes ``x``, ``log_wx = log ω + x²``, ``split``: a
+    :func:`split_rule`); broadcasts."""
     gammaln, logsumexp = _special(xp)
     r_star, sigma_hat = laplace_mode(y, eta, s, xp)
     if xp is jnp:
         r_star, sigma_hat = jax.lax.stop_gradient(r_star), jax.lax.stop_gradient(sigma_hat)
-    scale = np.sqrt(2.0) * sigma_hat
-    r = r_star[..., None] + scale[..., None] * x
-    terms = log_wx + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
+    r, log_w, scale = rule_nodes(Rule(x, log_wx, split), r_star, sigma_hat, xp)
+    terms = log_w + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
     return logsumexp(terms, axis=-1) + xp.log(scale / s) - gammaln(y + 1.0) - HALF_LOG_2PI
 
 
-def log_marginal(y, eta, s, n_nodes: int = DEFAULT_NODES, xp=jnp):
-    """log L(y | eta, s) by adaptive Gauss-Hermite quadrature with n_nodes; broadcasts."""
+def log_marginal(y, eta, s, n_nodes: int = DEFAULT_NODES, xp=jnp, split: bool = False):
+    """log L(y | eta, s) by adaptive Gauss-Hermite quadrature with n_nodes (``split``: the
+    :func:`split_rule`); broadcasts."""
     y, eta, s = xp.broadcast_arrays(
         xp.asarray(y, xp.float64), xp.asarray(eta, xp.float64), xp.asarray(s, xp.float64)
     )
-    x, log_wx = hermite_rule(n_nodes)
-    return log_marginal_rule(y, eta, s, x, log_wx, xp)
+    x, log_wx, split = tier_rule(n_nodes, split)
+    return log_marginal_rule(y, eta, s, x, log_wx, xp, split)
 
 
-def tier_masks(y) -> list[tuple[np.ndarray, int]]:
-    """(mask of counts in the tier, nodes) for each count tier, on concrete counts."""
+def tier_masks(y) -> list[tuple[np.ndarray, Rule]]:
+    """(mask of counts in the tier, its rule) for each count tier, on concrete counts."""
     y = np.asarray(y)
     out, low = [], -np.inf
-    for limit, nodes in COUNT_TIERS:
+    for limit, nodes, split in COUNT_TIERS:
         high = np.inf if limit is None else limit
-        out.append(((y >= low) & (y < high), nodes))
+        out.append(((y >= low) & (y < high), tier_rule(nodes, split)))
         low = high
     return out
 
 
-def rule_value_grad(y, eta, s, x, log_wx, log_factorial, xp=jnp):
+def rule_value_grad(y, eta, s, rule: Rule, log_factorial, xp=jnp):
     """log L(y | eta, s) on one rule with its derivatives in eta and s; broadcasts over cells.
 
     The rule is held where :func:`log_marginal_rule` puts it (at the conditional mode), so the
@@ -160,9 +238,8 @@ def rule_value_grad(y, eta, s, x, log_wx, log_factorial, xp=jnp):
     """
     s = xp.asarray(s)
     r_star, sigma_hat = laplace_mode(y, eta, s, xp)
-    scale = np.sqrt(2.0) * sigma_hat
-    r = r_star[..., None] + scale[..., None] * x
-    terms = log_wx + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
+    r, log_w, scale = rule_nodes(rule, r_star, sigma_hat, xp)
+    terms = log_w + _log_joint_kernel(r, y[..., None], eta[..., None], s[..., None], xp)
     top = xp.max(terms, axis=-1, keepdims=True)
     top = xp.where(xp.isfinite(top), top, 0.0)
     p = xp.exp(terms - top)
@@ -180,12 +257,11 @@ def log_marginal_tiered_grad(y, eta, s) -> tuple[np.ndarray, np.ndarray, np.ndar
     error (~1e-7)."""
     y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))
     out = [np.empty(y.shape) for _ in range(3)]
-    for mask, n in tier_masks(y):
+    for mask, rule in tier_masks(y):
         if not mask.any():
             continue
-        x, log_wx = hermite_rule(n)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            parts = rule_value_grad(y[mask], eta[mask], s[mask], x, log_wx, sp.gammaln(y[mask] + 1.0), xp=np)
+            parts = rule_value_grad(y[mask], eta[mask], s[mask], rule, sp.gammaln(y[mask] + 1.0), xp=np)
         for o, part in zip(out, parts):
             o[mask] = part
     return out[0], out[1], out[2]
@@ -195,9 +271,9 @@ def log_marginal_tiered(y, eta, s) -> np.ndarray:
     """log L on concrete arrays (numpy), each count with the node count of its tier."""
     y, eta, s = np.broadcast_arrays(np.asarray(y, float), np.asarray(eta, float), np.asarray(s, float))
     out = np.empty(y.shape)
-    for mask, n in tier_masks(y):
+    for mask, rule in tier_masks(y):
         if mask.any():
-            out[mask] = log_marginal(y[mask], eta[mask], s[mask], n, xp=np)
+            out[mask] = log_marginal_rule(y[mask], eta[mask], s[mask], rule.x, rule.log_wx, np, rule.split)
     return out
 
 
@@ -220,7 +296,7 @@ def step_cells(nodes: int) -> int:
 
 def max_step_cells() -> int:
     """The most cells any tier's loop step reads: the slack the cell arrays carry past their end."""
-    return max(step_cells(nodes) for _, nodes in COUNT_TIERS)
+    return max(step_cells(nodes) for _, nodes, _ in COUNT_TIERS)
 
 
 def cell_order(y) -> tuple[np.ndarray, np.ndarray]:
@@ -250,17 +326,17 @@ def _cells_value_grad(eta, s, y, weight, log_factorial, starts):
     """sum over cells of weight x log L, its gradient in eta (one per cell) and in s: tier t's
     cells (positions starts[t] to starts[t + 1]) on its rule, :func:`step_cells` at a time."""
     total, g_eta, g_s = jnp.zeros((), eta.dtype), jnp.zeros_like(eta), jnp.zeros((), eta.dtype)
-    for t, (_, nodes) in enumerate(COUNT_TIERS):
-        x, log_wx = hermite_rule(nodes)
+    for t, (_, nodes, split) in enumerate(COUNT_TIERS):
+        rule = tier_rule(nodes, split)
         k, end = step_cells(nodes), starts[t + 1]
 
-        def step(carry, k=k, end=end, x=x, log_wx=log_wx):
+        def step(carry, k=k, end=end, rule=rule):
             i, total, g_eta, g_s = carry
             take = lambda a: jax.lax.dynamic_slice(a, (i,), (k,))  # noqa: E731
             w = jnp.where(i + jnp.arange(k) < end, take(weight), 0.0)  # the next tier's cells count 0 here
             used = w > 0
             yy, ee = jnp.where(used, take(y), 0.0), jnp.where(used, take(eta), 0.0)
-            log_p, d_eta, d_s = rule_value_grad(yy, ee, s, x, log_wx, take(log_factorial))
+            log_p, d_eta, d_s = rule_value_grad(yy, ee, s, rule, take(log_factorial))
             live = used & jnp.isfinite(log_p) & (log_p < 0.0)  # where the value is clipped, it is flat
             g_eta = jax.lax.dynamic_update_slice(g_eta, take(g_eta) + jnp.where(live, w * d_eta, 0.0), (i,))
             return (i + k, total + jnp.sum(cell_log_likelihood(log_p, w)), g_eta,

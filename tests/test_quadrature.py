@@ -54,6 +54,40 @@ def test_jax_and_numpy_backends_agree():
         np.testing.assert_allclose(np.asarray(q.log_marginal(y, eta, s, n)), q.log_marginal(y, eta, s, n, xp=np), rtol=1e-12)
 
 
+def test_jax_and_numpy_backends_agree_on_the_split_rule():
+    y = np.array([0.0, 1, 2, 0, 2])
+    eta = np.array([-4.0, 0.5, 1.0, 8.0, -3.5])
+    s = np.array([2.5, 0.3, 1.0, 3.0, 0.05])
+    np.testing.assert_allclose(np.asarray(q.log_marginal(y, eta, s, 48, split=True)),
+                               q.log_marginal(y, eta, s, 48, xp=np, split=True), rtol=1e-12)
+
+
+def test_half_range_rule_integrates_its_polynomials_exactly():
+    """The n-point Gauss rule for e^{-u²} on [0, inf) integrates u^k exactly for k < 2n:
+    the integral is Gamma((k + 1) / 2) / 2."""
+    for n in (12, 24):
+        u, log_wu = q.half_hermite_rule(n)
+        assert (u > 0).all() and (np.diff(u) > 0).all()
+        w = np.exp(log_wu - u**2)
+        for k in range(2 * n):
+            np.testing.assert_allclose(np.sum(w * u**k), special.gamma((k + 1) / 2) / 2, rtol=1e-12)
+
+
+def test_first_tier_split_rule_within_1e7_where_the_symmetric_rule_needed_128_nodes():
+    """Counts 0-2 on the split rule of 2 x 24 nodes: under 1e-7 of QUADPACK over eta -5..8 and
+    s 0.05..3, including y = 0 at large s (a prior cut by a soft step), where the symmetric rule
+    of the same 48 nodes is off by more than 1e-5."""
+    limit, nodes, split = q.COUNT_TIERS[0]
+    assert (limit, nodes, split) == (3, 48, True)
+    points = [(y, e, sd) for y in (0, 1, 2) for e in np.linspace(-5, 8, 14) for sd in np.geomspace(0.05, 3, 12)]
+    y, eta, s = (np.array(v, dtype=float) for v in zip(*points))
+    ref = np.array([scipy_log_marginal(*p) for p in points])
+    tiered = q.log_marginal_tiered(y, eta, s)
+    assert np.abs(tiered - ref).max() < 1e-7
+    np.testing.assert_array_equal(tiered, q.log_marginal(y, eta, s, 48, xp=np, split=True))
+    assert np.abs(q.log_marginal(y, eta, s, 48, xp=np) - ref).max() > 1e-5
+
+
 def test_plain_gauss_hermite_would_be_wrong_at_large_counts():
     """Why the quadrature is adaptive: nodes centred at 0 miss a spike far from it."""
     y, eta, s = 5000.0, 2.0, 0.5
@@ -86,8 +120,9 @@ def test_tiered_numpy_gradient_is_the_samplers_and_the_integrals():
     y, eta, s = (np.array(v, float) for v in zip(*grid_points()))
     value, d_eta, d_s = q.log_marginal_tiered_grad(y, eta, s)
     np.testing.assert_array_equal(value, q.log_marginal_tiered(y, eta, s))
-    for mask, nodes in q.tier_masks(y):
-        jax_grad = jax.vmap(jax.grad(lambda yy, e, sd: q.log_marginal(yy, e, sd, nodes), argnums=(1, 2)))
+    for mask, rule in q.tier_masks(y):
+        jax_grad = jax.vmap(jax.grad(lambda yy, e, sd: q.log_marginal_rule(yy, e, sd, rule.x, rule.log_wx, split=rule.split),
+                                     argnums=(1, 2)))
         g_eta, g_s = jax_grad(jnp.asarray(y[mask]), jnp.asarray(eta[mask]), jnp.asarray(s[mask]))
         # d/deta = y - E[exp(eta + r)] cancels digits at large counts: both sides are exact to ~1e-12 y
         bound = 1e-9 * (1.0 + y[mask])

@@ -10,7 +10,7 @@ layout runs in its own process with an empty program cache, 2 chains x (200 + 30
 * **loop** (what the sampler does, since 2026-12-01): the cells in one set of arrays of a
   capacity (512 cells at least, else the next power of 2), ordered by the count tiers of
   ``quadrature.COUNT_TIERS`` (5 tiers of 128/24/12/10/8 nodes when this table was measured; 3 of
-  128/24/12 since 2026-12-02); the likelihood walks each tier in steps of
+  128/24/12 since 2026-12-02, then a split rule of 48 for counts 0-2); the likelihood walks each tier in steps of
   a fixed number of cells inside a ``while`` loop whose length follows the data, so the program
   depends on the capacity only (:func:`glmm_model.quadrature.cells_log_likelihood`);
 * **tiers** (what the sampler did before; defined here): each tier's cells in arrays of their
@@ -98,8 +98,9 @@ def _flat_layout():
     def inputs(data):
         size = _padded_size(data.n_cells, 8)
         cell, x, log_wx = [], [], []
-        for mask, nodes in q.tier_masks(data.cell_count):
-            rule_x, rule_w = q.hermite_rule(nodes)
+        for mask, rule in q.tier_masks(data.cell_count):
+            nodes = len(rule.x)
+            rule_x, rule_w = q.hermite_rule(nodes)  # symmetric rules of the tiers' node counts (layouts defined here)
             for c in np.flatnonzero(mask):
                 cell.append(np.full(nodes, c))
                 x.append(rule_x)
@@ -168,7 +169,8 @@ def _tiers_layout():
 
     def inputs(data):
         tiers, covariates = [], []
-        for t, (mask, nodes) in enumerate(q.tier_masks(data.cell_count)):
+        for t, (mask, rule) in enumerate(q.tier_masks(data.cell_count)):
+            nodes = len(rule.x)
             n = int(mask.sum())
             pad = _padded_size(n, 8 if t else 1) - n
 
@@ -224,7 +226,7 @@ def one_layout(layout: str, warehouse: str) -> dict:
     from glmm_model import quadrature, sampling
 
     if layout == "loop_two_tiers":
-        quadrature.COUNT_TIERS = ((3, 128), (None, 24))
+        quadrature.COUNT_TIERS = ((3, 128, False), (None, 24, False))
     first, warm = 0.0, 0.0
     for _, data, config in _count_pairs(warehouse):
         if layout.startswith("loop"):
