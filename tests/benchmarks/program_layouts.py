@@ -10,10 +10,12 @@ layout runs in its own process with an empty program cache, 2 chains x (200 + 30
 * **loop** (what the sampler does, since 2026-12-01): the cells in one set of arrays of a
   capacity (512 cells at least, else the next power of 2), ordered by the count tiers of
   ``quadrature.COUNT_TIERS`` (5 tiers of 128/24/12/10/8 nodes when this table was measured; 3 of
-  128/24/12 since 2026-12-02, then a split rule of 48 for counts 0-2); the likelihood walks each tier in steps of
-  a fixed number of cells inside a ``while`` loop whose length follows the data, so the program
+  128/24/12 since 2026-12-02, later that day a split rule of 48 nodes for counts 0-2); the likelihood
+  walks each tier in steps of a fixed number of cells inside a ``while`` loop whose length follows
+  the data, so the program
   depends on the capacity only (:func:`glmm_model.quadrature.cells_log_likelihood`);
-* **tiers** (what the sampler did before; defined here): each tier's cells in arrays of their
+* **tiers** (what the sampler did before; defined here, like **flat** below, on symmetric rules of
+  the tiers' node counts): each tier's cells in arrays of their
   own, padded to 2^k or 3·2^k (at least 8 cells above the first tier), so each mix of tier sizes
   is a program of its own;
 * **loop_two_tiers**: the loop with counts 0-2 on 128 nodes and every other count on 24;
