@@ -260,6 +260,20 @@ def histogram_pairs(rows: "pl.DataFrame", planned_rows, use_exposure: bool,
     return pairs
 
 
+def require_known_tables(tables, known, kind: str) -> None:
+    """Raise :class:`WarehouseError` naming the ``tables`` that are not among ``known`` (``kind``: what they are)."""
+    unknown = sorted(set(tables) - set(known))
+    if unknown:
+        raise WarehouseError(f"unknown {kind} table(s) {unknown}")
+
+
+def result_tables() -> set[str]:
+    """The tables :meth:`Warehouse.write_run` takes: the engine's result tables and ``fit_inputs``."""
+    from glmm_model.schema import SCHEMAS
+
+    return {*SCHEMAS, "fit_inputs"}
+
+
 def earlier_fits_from(query: "Callable[[str], pl.DataFrame]", literal: "Callable[[str], str]", schema: str,
                       digests: dict[tuple[str, str], str]) -> dict[str, "pl.DataFrame"]:
     """:meth:`Warehouse.earlier_fits` in portable SQL: ``query`` runs a statement on the engine,

@@ -29,7 +29,8 @@ from ..clock import utc_now
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
 from . import (FIT_INPUTS_COLUMNS, RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               earlier_fits_from, histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
+               earlier_fits_from, histogram_pairs, histogram_sql, require_known_tables, result_tables,
+               segment_histogram_sql, stage_seconds_json)
 _SQL_TYPES = {pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Boolean: "BOOLEAN"}
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, experiment_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL"
 
@@ -222,9 +223,7 @@ def write_run(con, run: RunRecord, results: dict[str, pl.DataFrame], failures: p
     ``results`` maps table name -> frame with experiment_id, metric_id and the engine's
     columns (and ``fit_inputs``). On any error the transaction rolls back and nothing of the run remains.
     """
-    unknown = sorted(set(results) - set(SCHEMAS) - {"fit_inputs"})
-    if unknown:
-        raise WarehouseError(f"unknown result table(s) {unknown}")
+    require_known_tables(results, result_tables(), "result")
     with transaction(con):
         for table, frame in {**results, "fit_failures": failures}.items():
             if frame.height:  # an empty frame may have no columns at all
@@ -240,9 +239,7 @@ def record_failed_run(con, run: RunRecord, message: str) -> None:
 def load_raw(con, tables: dict[str, pl.DataFrame]) -> None:
     """Replace the contents of raw tables with the given frames, in one transaction (an optional
     table, such as raw.variants, is created when given)."""
-    unknown = sorted(set(tables) - set(RAW_DDL) - set(OPTIONAL_RAW_DDL))
-    if unknown:
-        raise WarehouseError(f"unknown raw table(s) {unknown}")
+    require_known_tables(tables, {*RAW_DDL, *OPTIONAL_RAW_DDL}, "raw")
     create_raw_tables(con)
     for table in set(tables) & set(OPTIONAL_RAW_DDL):
         con.execute(f"CREATE TABLE IF NOT EXISTS {name(con, 'raw', table)} ({OPTIONAL_RAW_DDL[table]})")

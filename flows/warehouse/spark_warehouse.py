@@ -34,7 +34,8 @@ from glmm_model.schema import SCHEMAS
 
 from ..clock import utc_now
 from . import (FIT_INPUTS_COLUMNS, RESULT_SCHEMA, PairHistogram, Publication, RunRecord, WarehouseBusy, WarehouseError,
-               earlier_fits_from, histogram_pairs, histogram_sql, segment_histogram_sql, stage_seconds_json)
+               earlier_fits_from, histogram_pairs, histogram_sql, require_known_tables, result_tables,
+               segment_histogram_sql, stage_seconds_json)
 from .run_lock import run_lock
 from .raw_contract import OPTIONAL_RAW_DDL, RAW_DDL, contract_problems, load_columns
 
@@ -248,9 +249,7 @@ class SparkWarehouse:
                   message: str | None) -> None:
         """Each result table's partition for this run (overwritten, so a retry does not double rows), then
         the ``glmm.runs`` row: the commit marker every reader goes through."""
-        unknown = sorted(set(results) - set(SCHEMAS) - {"fit_inputs"})
-        if unknown:
-            raise WarehouseError(f"unknown result table(s) {unknown}")
+        require_known_tables(results, result_tables(), "result")
         for table, frame in {**results, "fit_failures": failures}.items():
             if frame.height:
                 self._insert(f"{RESULT_SCHEMA}.{table}", frame.with_columns(pl.lit(run.run_id).alias("run_id")),
@@ -340,9 +339,7 @@ class SparkWarehouse:
         """Replace the raw tables with ``tables`` (Parquet tables in database ``raw``). Each frame goes to
         Spark as a Parquet file written by polars (columnar, not row by row through pandas), typed as
         the raw contract says on the way in."""
-        unknown = sorted(set(tables) - set(RAW_DDL) - set(OPTIONAL_RAW_DDL))
-        if unknown:
-            raise WarehouseError(f"unknown raw table(s) {unknown}")
+        require_known_tables(tables, {*RAW_DDL, *OPTIONAL_RAW_DDL}, "raw")
         self.sql("CREATE DATABASE IF NOT EXISTS raw")
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".raw-staging-", dir=self.root) as staging:
